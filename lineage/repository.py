@@ -1,0 +1,154 @@
+"""A Triton model repository over a store: list, claim versions race-free, publish, read records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tritonflow.lineage import layout
+from tritonflow.lineage.errors import NotFound, RepositoryError
+from tritonflow.lineage.ids import DeploymentId, check_model_name
+from tritonflow.lineage.records import DeploymentRecord, utc_now
+from tritonflow.lineage.store import Store, open_store
+
+# Bounded so a store that never grants a claim fails loudly instead of spinning.
+_MAX_CLAIM_ATTEMPTS = 1000
+
+
+@dataclass(frozen=True)
+class VersionEntry:
+    model: str
+    version: int
+    record: DeploymentRecord | None  # None: files without a record, an unfinished publish
+
+
+class ModelRepository:
+    def __init__(self, uri: str) -> None:
+        self.store: Store = open_store(uri)
+        self.uri = self.store.uri
+
+    # -- reading -----------------------------------------------------------------------------
+    def models(self) -> list[str]:
+        """Models with a config.pbtxt, by name."""
+        names = [n for n in self.store.list("") if not n.startswith(".")]
+        return [n for n in names if layout.CONFIG in self.store.list(n)]
+
+    def version_numbers(self, model: str) -> list[int]:
+        """Every numeric version folder, finished or not, ascending."""
+        found = (layout.parse_version(n) for n in self.store.list(model))
+        return sorted(v for v in found if v is not None)
+
+    def versions(self, model: str) -> list[int]:
+        """Published versions (those with a deployment record), ascending."""
+        return [
+            v
+            for v in self.version_numbers(model)
+            if layout.RECORD in self.store.list(layout.version_key(model, v))
+        ]
+
+    def read_config(self, model: str) -> str:
+        try:
+            return self.store.read(layout.config_key(model)).decode()
+        except NotFound:
+            raise NotFound(f"model {model!r} has no config.pbtxt in {self.uri}") from None
+
+    def has_model(self, model: str) -> bool:
+        return self.store.fingerprint(layout.config_key(model)) is not None
+
+    def read_record(self, model: str, version: int) -> DeploymentRecord:
+        key = layout.record_key(model, version)
+        try:
+            raw = self.store.read(key)
+        except NotFound:
+            raise NotFound(
+                f"no deployment {model}:{version} in {self.uri} "
+                f"(known versions of {model!r}: {self.versions(model) or 'none'})"
+            ) from None
+        return DeploymentRecord.from_json(raw, where=f"{self.uri}/{key}")
+
+    def resolve(self, deployment_id: str | DeploymentId) -> DeploymentRecord:
+        """The record of a full or short (`model:version`) deployment ID."""
+        did = (
+            deployment_id
+            if isinstance(deployment_id, DeploymentId)
+            else DeploymentId.parse(deployment_id)
+        )
+        record = self.read_record(did.model, did.version)
+        if not did.is_short and record.deployment_id != str(did):
+            raise NotFound(
+                f"{did} names run {did.flow}/{did.run_id}, but {did.short} in {self.uri} "
+                f"is {record.deployment_id}: the ID comes from another repository"
+            )
+        return record
+
+    def entries(self) -> list[VersionEntry]:
+        """Every version folder of every model, with its record when it has one."""
+        out = []
+        for model in self.models():
+            published = set(self.versions(model))
+            for v in self.version_numbers(model):
+                record = self.read_record(model, v) if v in published else None
+                out.append(VersionEntry(model, v, record))
+        return out
+
+    def deployments_of_run(self, flow: str, run_id: str) -> list[DeploymentRecord]:
+        return [
+            e.record
+            for e in self.entries()
+            if e.record
+            and e.record.metaflow.get("flow") == flow
+            and str(e.record.metaflow.get("run_id")) == str(run_id)
+        ]
+
+    def find_task_deployment(
+        self, model: str, task: str, sha256s: set[str]
+    ) -> DeploymentRecord | None:
+        """A version this task already published with the same files (idempotent retries)."""
+        for v in reversed(self.versions(model)):
+            record = self.read_record(model, v)
+            if record.task_pathspec == task and {f["sha256"] for f in record.files} == sha256s:
+                return record
+        return None
+
+    # -- writing -----------------------------------------------------------------------------
+    def claim_version(self, model: str, owner: dict[str, str]) -> int:
+        """Allocate the next version: strictly increasing, never reused, one winner per number.
+
+        A claim is an exclusive create (O_EXCL locally, If-None-Match on S3) of
+        `<model>/.versions/<n>`; losers of a race move on to n + 1.
+        """
+        check_model_name(model)
+        claimed = [layout.parse_version(n) for n in self.store.list(f"{model}/{layout.CLAIMS}")]
+        start = max([v for v in claimed if v] + self.version_numbers(model) + [0]) + 1
+        body = json.dumps({**owner, "claimed_at": utc_now()}, sort_keys=True).encode()
+        for version in range(start, start + _MAX_CLAIM_ATTEMPTS):
+            if self.store.create(layout.claim_key(model, version), body):
+                return version
+        raise RepositoryError(f"could not claim a version of {model!r} in {self.uri}")
+
+    def publish(
+        self,
+        model: str,
+        config_text: str,
+        files: dict[str, bytes],
+        make_record: Callable[[int], DeploymentRecord],
+        owner: dict[str, str],
+    ) -> DeploymentRecord:
+        """Claim a version, write the config if it changed, then the files, the record last."""
+        version = self.claim_version(model, owner)
+        record = make_record(version)
+        config = config_text.encode()
+        key = layout.config_key(model)
+        try:
+            current = self.store.read(key)
+        except NotFound:
+            current = None
+        if current != config:
+            self.store.write(key, config)
+        self.store.publish(
+            layout.version_key(model, version),
+            {**files, layout.RECORD: record.to_json()},
+            last=layout.RECORD,
+        )
+        return record

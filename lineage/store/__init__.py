@@ -1,0 +1,25 @@
+"""Stores hold the repository's bytes; one small module per kind, all of the `Store` shape."""
+
+from __future__ import annotations
+
+import importlib
+
+from tritonflow.lineage.store.base import Store
+
+# scheme -> "module.Class", imported on first use (boto3 only when S3 is used).
+STORES = {
+    "s3": "tritonflow.lineage.store.s3.S3Store",
+    "file": "tritonflow.lineage.store.local.LocalStore",
+}
+
+
+def open_store(uri: str) -> Store:
+    """The store for a repository URI: `s3://bucket/prefix` or a local path."""
+    scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+    if scheme not in STORES:
+        raise ValueError(f"unsupported repository {uri!r}: use a local path or s3://bucket/prefix")
+    module, cls = STORES[scheme].rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)(uri)
+
+
+__all__ = ["Store", "open_store"]

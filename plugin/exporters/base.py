@@ -1,0 +1,46 @@
+"""What an exporter produces, and the shape every exporter has."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tritonflow.lineage.errors import TritonflowError
+from tritonflow.serving.model_config import TensorSpec
+
+
+class ExportError(TritonflowError):
+    """The model cannot be exported as asked; the message names the type and what is supported."""
+
+
+@dataclass(frozen=True)
+class Export:
+    """A model turned into Triton files, with what the config and the parity gate need."""
+
+    format: str  # "treelite" | "onnx"
+    backend: str  # Triton backend: "fil" | "onnxruntime"
+    files: dict[str, bytes]  # file name inside the version folder -> bytes
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    parameters: dict[str, str]  # config.pbtxt parameters (FIL: model_type, is_classifier, ...)
+    n_features: int
+    n_classes: int | None  # None for regressors
+    model_info: dict[str, Any]  # {"class", "library", "library_version", "hyperparameters"}
+    versions: dict[str, str]  # library -> version that wrote the files (treelite, onnx, ...)
+    # The native model's answer in the served output's terms: (rows, outputs[0].dims[0]).
+    native_predict: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+
+
+class Exporter(ABC):
+    format: str
+
+    @abstractmethod
+    def can_export(self, model: Any) -> bool:
+        """True when this exporter knows the model's family."""
+
+    @abstractmethod
+    def export(self, model: Any, n_features: int, triton_version: str) -> Export:
+        """Write the model's files; raise ExportError with an actionable message."""

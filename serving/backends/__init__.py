@@ -1,0 +1,37 @@
+"""Runtimes by Triton backend name, imported on first use (a new one: a file plus a line)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from tritonflow.lineage.errors import TritonflowError
+from tritonflow.serving.backends.base import Backend
+from tritonflow.serving.model_config import ModelConfig
+
+BACKENDS = {
+    "fil": "tritonflow.serving.backends.forest.ForestBackend",
+    "onnxruntime": "tritonflow.serving.backends.onnx.OnnxBackend",
+}
+PLATFORMS = {"onnxruntime_onnx": "onnxruntime"}
+
+
+class BackendError(TritonflowError):
+    """A model version cannot be loaded or run; the message names the file and the reason."""
+
+
+def backend_name(config: ModelConfig) -> str:
+    name = config.backend or PLATFORMS.get(config.platform, config.platform)
+    if name not in BACKENDS:
+        raise BackendError(
+            f"backend {name or '(none)'!r} is not served here: use one of {', '.join(BACKENDS)}"
+        )
+    return name
+
+
+def load_backend(version_dir: Path, config: ModelConfig, engine: str = "auto") -> Backend:
+    module, cls = BACKENDS[backend_name(config)].rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)(version_dir, config, engine)
+
+
+__all__ = ["BACKENDS", "Backend", "BackendError", "backend_name", "load_backend"]

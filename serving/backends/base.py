@@ -1,0 +1,27 @@
+"""The shape of a runtime: load a version folder under its config, predict on ndarrays, unload."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+from tritonflow.serving.model_config import ModelConfig
+
+
+class Backend(ABC):
+    """One loaded model version. `predict` is the hot path: ndarrays in, ndarrays out, no I/O."""
+
+    #: what actually runs the model, shown in metadata and logs (e.g. "nvforest-cpu", "treelite-gtil")
+    engine: str
+
+    @abstractmethod
+    def __init__(self, version_dir: Path, config: ModelConfig, engine: str = "auto") -> None:
+        """Load the model file(s) in `version_dir` as `config` says; raise BackendError if broken."""
+
+    @abstractmethod
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Batched inputs by config input name -> every config output by name, batch first."""
+
+    def unload(self) -> None:
+        """Release what `__init__` took (GPU memory, sessions); the default keeps nothing."""

@@ -1,0 +1,3 @@
+from tritonflow.cli import main
+
+raise SystemExit(main())
