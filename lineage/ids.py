@@ -9,9 +9,7 @@ from tritonflow.lineage.errors import TritonflowError
 
 # Triton model names become folder names and URL path segments.
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-_ID_RE = re.compile(
-    r"^(?P<model>[^:@/\s]+):(?P<version>[0-9]+)(?:@(?P<flow>[^/\s]+)/(?P<run>[^/\s]+))?$"
-)
+_ID_RE = re.compile(r"^(?P<model>[^:@/\s]+):(?P<version>[0-9]+)(?:@(?P<flow>[^/\s]+)/(?P<run>[^/\s]+))?$")
 
 
 class InvalidDeploymentId(TritonflowError):

@@ -43,9 +43,7 @@ class DeploymentRecord:
     signature: dict[str, Any]  # {"inputs": [...], "outputs": [...], "n_features", "feature_names"}
     triton_version: str
     exporter: dict[str, str]  # library -> version that wrote the files
-    metaflow: dict[str, Any] = field(
-        default_factory=dict
-    )  # flow, run_id, step, task, user, tags, git...
+    metaflow: dict[str, Any] = field(default_factory=dict)  # flow, run_id, step, task, user, tags, git...
     data: list[dict[str, Any]] = field(default_factory=list)  # training data artifacts
     metrics: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)  # class, library, hyperparameters

@@ -69,11 +69,7 @@ class ModelRepository:
 
     def resolve(self, deployment_id: str | DeploymentId) -> DeploymentRecord:
         """The record of a full or short (`model:version`) deployment ID."""
-        did = (
-            deployment_id
-            if isinstance(deployment_id, DeploymentId)
-            else DeploymentId.parse(deployment_id)
-        )
+        did = deployment_id if isinstance(deployment_id, DeploymentId) else DeploymentId.parse(deployment_id)
         record = self.read_record(did.model, did.version)
         if not did.is_short and record.deployment_id != str(did):
             raise NotFound(
@@ -101,9 +97,7 @@ class ModelRepository:
             and str(e.record.metaflow.get("run_id")) == str(run_id)
         ]
 
-    def find_task_deployment(
-        self, model: str, task: str, sha256s: set[str]
-    ) -> DeploymentRecord | None:
+    def find_task_deployment(self, model: str, task: str, sha256s: set[str]) -> DeploymentRecord | None:
         """A version this task already published with the same files (idempotent retries)."""
         for v in reversed(self.versions(model)):
             record = self.read_record(model, v)

@@ -122,11 +122,7 @@ def _release(text: str) -> tuple[int, int]:
 
 def classifier_key(triton_version: str) -> str:
     """The FIL parameter that says 'classifier' for a Triton release."""
-    return (
-        "is_classifier"
-        if parse_triton_version(triton_version) >= IS_CLASSIFIER_SINCE
-        else "output_class"
-    )
+    return "is_classifier" if parse_triton_version(triton_version) >= IS_CLASSIFIER_SINCE else "output_class"
 
 
 # -- text <-> typed ----------------------------------------------------------------------------
@@ -187,11 +183,7 @@ def build_config(spec: ConfigSpec) -> ModelConfig:
                 data_type=pb.DataType.Value(datatypes.to_config(t.datatype)),
                 dims=list(t.dims),
             )
-    kind = (
-        pb.ModelInstanceGroup.KIND_GPU
-        if spec.instance_kind == "gpu"
-        else pb.ModelInstanceGroup.KIND_CPU
-    )
+    kind = pb.ModelInstanceGroup.KIND_GPU if spec.instance_kind == "gpu" else pb.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(kind=kind, count=1)
     config.dynamic_batching.max_queue_delay_microseconds = spec.max_queue_delay_us
     config.version_policy.latest.num_versions = spec.latest_versions
@@ -216,9 +208,7 @@ def signature(config: ModelConfig) -> dict[str, Any]:
 
 
 # -- semantic checks ---------------------------------------------------------------------------
-def check_config(
-    text: str, where: str = "config.pbtxt", model_name: str | None = None
-) -> ModelConfig:
+def check_config(text: str, where: str = "config.pbtxt", model_name: str | None = None) -> ModelConfig:
     """Parse and check; raise ConfigError listing every error with its line number."""
     config = parse_config(text, where)
     errors = [p for p in problems(text, config, model_name) if p.severity == "error"]
@@ -227,9 +217,7 @@ def check_config(
     return config
 
 
-def problems(
-    text: str, config: ModelConfig | None = None, model_name: str | None = None
-) -> list[Problem]:
+def problems(text: str, config: ModelConfig | None = None, model_name: str | None = None) -> list[Problem]:
     """Every problem found, errors and warnings, ordered by line."""
     if config is None:
         try:
@@ -240,9 +228,7 @@ def problems(
     found: list[Problem] = []
     if model_name and config.name and config.name != model_name:
         found.append(
-            Problem(
-                line("name"), f"name {config.name!r} differs from the model folder {model_name!r}"
-            )
+            Problem(line("name"), f"name {config.name!r} differs from the model folder {model_name!r}")
         )
     runtime = config.backend or config.platform
     if not runtime:
@@ -276,9 +262,7 @@ def _tensor_problems(config: ModelConfig, line: _LineFinder) -> list[Problem]:
         if t.data_type == pb.TYPE_INVALID:
             found.append(Problem(line(f'"{t.name}"'), f"tensor {t.name!r} has no data_type"))
         if t.data_type == pb.TYPE_STRING:
-            found.append(
-                Problem(line(f'"{t.name}"'), f"tensor {t.name!r}: TYPE_STRING is not served")
-            )
+            found.append(Problem(line(f'"{t.name}"'), f"tensor {t.name!r}: TYPE_STRING is not served"))
     return found
 
 
@@ -301,9 +285,7 @@ def _fil_problems(config: ModelConfig, line: _LineFinder) -> list[Problem]:
             )
     model_type = params.get("model_type")
     if model_type is None:
-        found.append(
-            Problem(None, f'missing parameter "model_type" (one of {", ".join(FIL_MODEL_FILES)})')
-        )
+        found.append(Problem(None, f'missing parameter "model_type" (one of {", ".join(FIL_MODEL_FILES)})'))
     elif model_type not in FIL_MODEL_FILES:
         found.append(
             Problem(
@@ -341,9 +323,7 @@ def _fil_problems(config: ModelConfig, line: _LineFinder) -> list[Problem]:
         try:
             float(params["threshold"])
         except ValueError:
-            found.append(
-                Problem(line('"threshold"'), f'threshold "{params["threshold"]}" is not a number')
-            )
+            found.append(Problem(line('"threshold"'), f'threshold "{params["threshold"]}" is not a number'))
     elif is_classifier and not predict_proba:
         found.append(Problem(None, 'classifiers need parameter "threshold" (e.g. "0.5")'))
     if predict_proba and not is_classifier:
@@ -357,9 +337,7 @@ def _fil_problems(config: ModelConfig, line: _LineFinder) -> list[Problem]:
                 )
             )
     for key in sorted(set(params) - FIL_KNOWN - set(FIL_REMOVED)):
-        found.append(
-            Problem(line(f'"{key}"'), f'"{key}" is not a FIL parameter (a typo?)', "warning")
-        )
+        found.append(Problem(line(f'"{key}"'), f'"{key}" is not a FIL parameter (a typo?)', "warning"))
     if len(config.output) == 1 and len(config.output[0].dims) == 1:
         dims = config.output[0].dims[0]
         if predict_proba and dims < 2:
