@@ -174,6 +174,12 @@ def parameter(config: ModelConfig, key: str) -> str | None:
     return config.parameters[key].string_value if key in config.parameters else None
 
 
+def instance_kind(config: ModelConfig) -> str:
+    """ "gpu" when the first instance group asks for a GPU, else "cpu"."""
+    groups = config.instance_group
+    return "gpu" if groups and groups[0].kind == pb.ModelInstanceGroup.KIND_GPU else "cpu"
+
+
 def build_config(spec: ConfigSpec) -> ModelConfig:
     config = ModelConfig(name=spec.name, backend=spec.backend, max_batch_size=spec.max_batch_size)
     for tensors, target in ((spec.inputs, config.input), (spec.outputs, config.output)):

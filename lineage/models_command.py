@@ -1,0 +1,38 @@
+"""`tritonflow models REPOSITORY`: every model version with its deployment ID and run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tritonflow.lineage.repository import ModelRepository
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("repository", help="local path or s3://bucket/prefix")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def main(args: argparse.Namespace) -> int:
+    repository = ModelRepository(args.repository)
+    rows = [
+        {
+            "model": e.model,
+            "version": e.version,
+            "state": "published" if e.record else "unfinished (no deployment.json)",
+            "deployment_id": e.record.deployment_id if e.record else "",
+            "run": (e.record.task_pathspec or "") if e.record else "",
+            "created_at": e.record.created_at if e.record else "",
+        }
+        for e in repository.entries()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no models in {repository.uri}")
+    else:
+        header = {k: k.upper().replace("_", " ") for k in rows[0]}
+        widths = {k: max(len(str(r[k])) for r in [header, *rows]) for k in header}
+        for row in [header, *rows]:
+            print("  ".join(str(row[k]).ljust(widths[k]) for k in header).rstrip())
+    return 0

@@ -1,0 +1,231 @@
+"""@deploy: the Metaflow side. Reads the run, hands plain data to `publish.deploy`.
+
+Metaflow imports this module in every process it starts (the decorator is registered as an
+extension), so heavy libraries (treelite, sklearn, onnx) are imported only when a task deploys.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Any
+
+from metaflow.decorators import StepDecorator
+from metaflow.exception import MetaflowException
+from tritonflow.lineage.errors import TritonflowError
+from tritonflow.plugin.options import REMOTE_DECORATORS, DeployOptions, parse_options
+
+# Artifact types that count as training data in the deployment record.
+_DATA_TYPES = ("numpy.ndarray", "pandas.core.frame.DataFrame", "pandas.core.series.Series", "scipy.sparse")
+
+
+class DeployException(MetaflowException):
+    headline = "@deploy"
+
+
+class DeployDecorator(StepDecorator):
+    """
+    Export the step's model, write a validated Triton config, and publish it as a new version of
+    a Triton model repository, with a deployment record that links it back to this run.
+
+    Parameters
+    ----------
+    model : str, default "model"
+        Artifact holding the model (scikit-learn, XGBoost, LightGBM, or another estimator).
+    select : str, optional
+        On a join step: "max:<artifact>" or "min:<artifact>". The input whose artifact is best
+        provides the model (it becomes `self.<model>`); every candidate is recorded.
+    name : str, optional
+        Triton model name. Default: the flow name in kebab case (FraudFlow -> fraud-flow).
+    repository : str, optional
+        Local path or "s3://bucket/prefix". Default: $TRITONFLOW_REPOSITORY, else
+        ./model_repository. Steps on @kubernetes or @batch need an S3 repository.
+    format : str, default "auto"
+        "auto" (Treelite for supported tree models, ONNX otherwise), "treelite" or "onnx".
+    sample : str, optional
+        Artifact with sample input rows (numpy or pandas): the signature and the parity gate.
+    metrics : str, optional
+        Artifact with a dict of metrics to record.
+    instance_kind : str, default "cpu"
+        "cpu" or "gpu" (the config's instance_group kind).
+    max_batch_size : int, default 8192
+    max_queue_delay_us : int, default 100
+        Dynamic batching delay in microseconds.
+    triton_version : str, optional
+        Target Triton release (YY.MM); decides the FIL config dialect. Default: the newest supported.
+
+    After the step the task has the artifacts `deployment_id` (str) and `deployment` (the record).
+    """
+
+    name = "deploy"
+    defaults = {
+        "model": "model",
+        "select": None,
+        "name": None,
+        "repository": None,
+        "format": "auto",
+        "sample": None,
+        "metrics": None,
+        "instance_kind": "cpu",
+        "max_batch_size": 8192,
+        "max_queue_delay_us": 100,
+        "triton_version": None,
+    }
+
+    def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
+        remote = next((d.name for d in decorators if d.name in REMOTE_DECORATORS), None)
+        try:
+            self.options: DeployOptions = parse_options(
+                self.attributes, flow.name, graph[step_name].type == "join", remote
+            )
+        except TritonflowError as exc:
+            raise DeployException(f"step *{step_name}*: {exc}") from None
+        self.flow_datastore = flow_datastore
+
+    def task_pre_step(
+        self,
+        step_name,
+        task_datastore,
+        metadata,
+        run_id,
+        task_id,
+        flow,
+        graph,
+        retry_count,
+        max_user_code_retries,
+        ubf_context,
+        inputs,
+    ):
+        self.task = {
+            "run_id": str(run_id),
+            "step": step_name,
+            "task_id": str(task_id),
+            "attempt": retry_count,
+        }
+        self.selection = None
+        # The task whose artifacts trained the model: the selected input, else the parent.
+        self.training_task = inputs[0] if inputs else None
+        if self.options.select:
+            from tritonflow.plugin.selection import select
+
+            try:
+                self.selection, self.training_task = select(self.options.select, inputs, flow.name)
+            except TritonflowError as exc:
+                raise DeployException(str(exc)) from None
+            if self.options.model not in self.training_task:
+                raise DeployException(
+                    f"the selected input {self.selection.winner.task} has no artifact "
+                    f"{self.options.model!r}: set self.{self.options.model} in the training step "
+                    "or pass @deploy(model=...)"
+                )
+            # Set before the step body, so the body (and merge_artifacts) sees the chosen model.
+            setattr(flow, self.options.model, self.training_task[self.options.model])
+
+    def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
+        from tritonflow.plugin.publish import Provenance, deploy
+
+        opts = self.options
+        if not hasattr(flow, opts.model):
+            raise DeployException(
+                f"step *{step_name}* has no artifact {opts.model!r} to deploy: assign "
+                f"self.{opts.model} = <trained model> in the step, or pass @deploy(model='<artifact>')"
+            )
+        provenance = Provenance(
+            metaflow=self._run_info(flow),
+            data=self._data_artifacts(),
+            metrics=self._metrics(flow),
+            selection=self.selection.to_record() if self.selection else None,
+        )
+        try:
+            record = deploy(
+                getattr(flow, opts.model),
+                opts,
+                sample=getattr(flow, opts.sample) if opts.sample and hasattr(flow, opts.sample) else None,
+                provenance=provenance,
+                sample_name=opts.sample,
+            )
+        except TritonflowError as exc:
+            raise DeployException(f"nothing was published: {exc}") from None
+        flow.deployment_id = record.deployment_id
+        flow.deployment = record.to_dict()
+        print(f"@deploy: published {record.deployment_id} to {record.repository}")
+
+    # -- what the record says about the run ----------------------------------------------------
+    def _run_info(self, flow) -> dict[str, Any]:
+        from metaflow import current
+        from metaflow.metaflow_git import get_repository_info
+        from metaflow.metaflow_version import get_version
+
+        script = os.path.abspath(sys.argv[0])
+        params = {name: _jsonable(getattr(flow, name, None)) for name in (current.parameter_names or [])}
+        info: dict[str, Any] = {
+            "flow": flow.name,
+            "run_id": self.task["run_id"],
+            "step": self.task["step"],
+            "task_id": self.task["task_id"],
+            "task": f"{flow.name}/{self.task['run_id']}/{self.task['step']}/{self.task['task_id']}",
+            "attempt": self.task["attempt"],
+            "user": current.username,
+            "tags": sorted(current.tags),
+            "parameters": params,
+            "script": os.path.basename(script),
+            "git": get_repository_info(os.path.dirname(script)) or None,
+            "metaflow_version": get_version(),
+            "python_version": platform.python_version(),
+            "datastore": self.flow_datastore.TYPE,
+            "datastore_root": self.flow_datastore.datastore_root,
+        }
+        code_url = os.environ.get("METAFLOW_CODE_URL")
+        if code_url:
+            info["code_package"] = {"url": code_url, "sha": os.environ.get("METAFLOW_CODE_SHA")}
+        return info
+
+    def _data_artifacts(self) -> list[dict[str, Any]]:
+        task = self.training_task
+        if task is None:
+            return []
+        flow_name = self.flow_datastore.flow_name
+        names = [n for n, info in task._info.items() if any(t in info.get("type", "") for t in _DATA_TYPES)]
+        shas = dict(zip(names, task.keys_for_artifacts(names), strict=True))
+        sizes = dict(task.get_artifact_sizes(names))
+        return [
+            {
+                "name": name,
+                "sha": shas[name],
+                "size": sizes.get(name),
+                "type": task._info[name].get("type"),
+                "task": f"{flow_name}/{task.pathspec}",
+            }
+            for name in sorted(names)
+            if not name.startswith("_")
+        ]
+
+    def _metrics(self, flow) -> dict[str, Any]:
+        name = self.options.metrics
+        if not name:
+            return {}
+        if hasattr(flow, name):
+            value = getattr(flow, name)
+        elif self.training_task is not None and name in self.training_task:
+            value = self.training_task[name]
+        else:
+            raise DeployException(f"metrics={name!r}: neither this step nor its input has that artifact")
+        if not isinstance(value, dict):
+            raise DeployException(
+                f"metrics={name!r} must be a dict of metric name -> value, got {type(value)}"
+            )
+        return {str(k): _jsonable(v) for k, v in value.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    """Numbers, strings, bools and None as they are; numpy scalars unwrapped; the rest as text."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)

@@ -1,0 +1,134 @@
+"""@deploy's attributes, checked once, before any run starts.
+
+Metaflow hands attributes over as Python values from the decorator call, or as strings from
+`--with deploy:name=...`; both are accepted here. Kept free of heavy imports: Metaflow imports
+the decorator (and so this module) in every process it starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from tritonflow.lineage.errors import TritonflowError
+from tritonflow.lineage.ids import check_model_name
+
+FORMATS = ("auto", "treelite", "onnx")
+INSTANCE_KINDS = ("cpu", "gpu")
+DEFAULT_REPOSITORY = "model_repository"
+REMOTE_DECORATORS = ("kubernetes", "batch")
+_ARTIFACT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class OptionError(TritonflowError):
+    """An @deploy attribute has a value that cannot work."""
+
+
+@dataclass(frozen=True)
+class SelectRule:
+    """`max:<artifact>` or `min:<artifact>`: how a join picks the model to deploy."""
+
+    direction: str
+    artifact: str
+
+    @classmethod
+    def parse(cls, text: str) -> SelectRule:
+        direction, _, artifact = str(text).partition(":")
+        if direction not in ("max", "min") or not _ARTIFACT_RE.match(artifact):
+            raise OptionError(
+                f"select={text!r} is not a selection rule: use 'max:<artifact>' or 'min:<artifact>', "
+                "e.g. select='max:val_auc'"
+            )
+        return cls(direction, artifact)
+
+    def __str__(self) -> str:
+        return f"{self.direction}:{self.artifact}"
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    model: str
+    select: SelectRule | None
+    name: str
+    repository: str
+    format: str
+    sample: str | None
+    metrics: str | None
+    instance_kind: str
+    max_batch_size: int
+    max_queue_delay_us: int
+    triton_version: str
+
+
+def kebab_case(flow_name: str) -> str:
+    """FraudFlow -> fraud-flow; XGBoostFlow -> xg-boost-flow (Triton-safe default model name)."""
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", flow_name)
+    return re.sub(r"[^A-Za-z0-9]+", "-", words).strip("-").lower()
+
+
+def parse_options(
+    attributes: dict[str, Any], flow_name: str, is_join: bool, remote: str | None = None
+) -> DeployOptions:
+    """Check every attribute; `remote` names the remote-execution decorator on the step, if any."""
+    from tritonflow.serving.model_config import NEWEST_TRITON, parse_triton_version
+
+    get = lambda key: attributes.get(key)  # noqa: E731
+    model = _artifact(get("model") or "model", "model")
+    select = SelectRule.parse(get("select")) if get("select") else None
+    if select and not is_join:
+        raise OptionError(
+            f"select={str(select)!r} picks among a join's inputs, but this step is not a join: "
+            "put @deploy(select=...) on the join step after the foreach, or drop select"
+        )
+    name = check_model_name(str(get("name") or kebab_case(flow_name)))
+    repository = str(get("repository") or os.environ.get("TRITONFLOW_REPOSITORY") or DEFAULT_REPOSITORY)
+    if remote and not repository.startswith("s3://"):
+        raise OptionError(
+            f"this step runs on @{remote}, where the local repository {repository!r} would be lost: "
+            "use repository='s3://bucket/prefix' (or set TRITONFLOW_REPOSITORY)"
+        )
+    fmt = _choice(get("format") or "auto", "format", FORMATS)
+    instance_kind = _choice(get("instance_kind") or "cpu", "instance_kind", INSTANCE_KINDS)
+    triton_version = str(get("triton_version") or NEWEST_TRITON)
+    parse_triton_version(triton_version)
+    return DeployOptions(
+        model=model,
+        select=select,
+        name=name,
+        repository=repository,
+        format=fmt,
+        sample=_artifact(get("sample"), "sample") if get("sample") else None,
+        metrics=_artifact(get("metrics"), "metrics") if get("metrics") else None,
+        instance_kind=instance_kind,
+        max_batch_size=_integer(get("max_batch_size"), "max_batch_size", 8192, minimum=1),
+        max_queue_delay_us=_integer(get("max_queue_delay_us"), "max_queue_delay_us", 100, minimum=0),
+        triton_version=triton_version,
+    )
+
+
+def _artifact(value: Any, attribute: str) -> str:
+    if not isinstance(value, str) or not _ARTIFACT_RE.match(value):
+        raise OptionError(
+            f"{attribute}={value!r} must name an artifact (a Python identifier such as 'X_val')"
+        )
+    return value
+
+
+def _choice(value: Any, attribute: str, choices: tuple[str, ...]) -> str:
+    if str(value) not in choices:
+        raise OptionError(f"{attribute}={value!r} is not one of {', '.join(map(repr, choices))}")
+    return str(value)
+
+
+def _integer(value: Any, attribute: str, default: int, minimum: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = None
+    if number is None or isinstance(value, bool | float) or number < minimum:
+        raise OptionError(f"{attribute}={value!r} must be a whole number >= {minimum}")
+    return number

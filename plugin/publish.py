@@ -1,0 +1,137 @@
+"""Export -> config -> checks -> repository, in the order that makes a failed deploy publish nothing.
+
+Metaflow-free: the decorator gathers the run's facts into a `Provenance`; everything here works
+on plain data, so the same path can deploy from a notebook or a test.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+from tritonflow.lineage.errors import TritonflowError
+from tritonflow.lineage.ids import DeploymentId
+from tritonflow.lineage.records import DeploymentRecord, sha256_hex, utc_now
+from tritonflow.lineage.repository import ModelRepository
+from tritonflow.plugin.exporters import config_spec, export_model
+from tritonflow.plugin.options import DeployOptions
+from tritonflow.plugin.parity import check_parity
+from tritonflow.plugin.signature import describe
+from tritonflow.serving import model_config
+
+
+class SignatureChanged(TritonflowError):
+    """A model name keeps one input/output signature across versions."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """The Metaflow side of the record: the run, its data, metrics and the selection."""
+
+    metaflow: dict[str, Any]
+    data: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None
+
+
+def deploy(
+    model: Any,
+    options: DeployOptions,
+    sample: Any,
+    provenance: Provenance,
+    sample_name: str | None = None,
+) -> DeploymentRecord:
+    """Publish `model` as the next version of `options.name`; return its deployment record.
+
+    Every check (export, config schema and FIL rules, parity, signature) runs before the
+    repository is touched; a retried task that already published the same files gets its
+    earlier deployment back instead of a second version.
+    """
+    signature = describe(model, sample)
+    export = export_model(model, options.format, signature.n_features, options.triton_version)
+    spec = config_spec(
+        export,
+        name=options.name,
+        max_batch_size=options.max_batch_size,
+        instance_kind=options.instance_kind,
+        max_queue_delay_us=options.max_queue_delay_us,
+    )
+    config = model_config.build_config(spec)
+    config_text = model_config.render(config)
+    model_config.check_config(config_text, where=f"the generated config of {options.name!r}")
+    parity = check_parity(export, signature.rows)
+
+    repository = ModelRepository(options.repository)
+    _check_signature(repository, options.name, config)
+    task = provenance.metaflow.get("task", "")
+    shas = {sha256_hex(data) for data in export.files.values()}
+    previous = repository.find_task_deployment(options.name, task, shas) if task else None
+    if previous is not None:
+        return previous
+
+    def make_record(version: int) -> DeploymentRecord:
+        flow, run_id = provenance.metaflow.get("flow"), provenance.metaflow.get("run_id")
+        did = (
+            DeploymentId(options.name, version, flow, run_id) if flow else DeploymentId(options.name, version)
+        )
+        return DeploymentRecord(
+            deployment_id=str(did),
+            model_name=options.name,
+            version=version,
+            created_at=utc_now(),
+            repository=repository.uri,
+            files=[
+                {"path": f"{version}/{name}", "sha256": sha256_hex(data), "size": len(data)}
+                for name, data in sorted(export.files.items())
+            ],
+            format=export.format,
+            backend=export.backend,
+            config=_config_summary(config, config_text),
+            signature={
+                "n_features": signature.n_features,
+                "feature_names": signature.feature_names,
+                "sample": sample_name,
+                **model_config.signature(config),
+            },
+            triton_version=options.triton_version,
+            exporter={**export.versions, "python": platform.python_version()},
+            metaflow=provenance.metaflow,
+            data=provenance.data,
+            metrics=provenance.metrics,
+            model={**export.model_info, "n_classes": export.n_classes, "parity": parity},
+            selection=provenance.selection,
+        )
+
+    return repository.publish(
+        options.name,
+        config_text,
+        export.files,
+        make_record,
+        owner={"task": task or "(no task)", "model": options.name},
+    )
+
+
+def _check_signature(repository: ModelRepository, name: str, config: model_config.ModelConfig) -> None:
+    if not repository.has_model(name):
+        return
+    existing = model_config.parse_config(repository.read_config(name), where=f"{name}/config.pbtxt")
+    before, after = model_config.signature(existing), model_config.signature(config)
+    if before != after:
+        raise SignatureChanged(
+            f"model {name!r} in {repository.uri} has the signature {before}, but this deploy has "
+            f"{after}: a model name keeps one signature, so deploy under a new name "
+            "(@deploy(name=...)) or use another repository"
+        )
+
+
+def _config_summary(config: model_config.ModelConfig, text: str) -> dict[str, Any]:
+    return {
+        "sha256": sha256_hex(text.encode()),
+        "backend": config.backend,
+        "max_batch_size": config.max_batch_size,
+        "instance_kind": model_config.instance_kind(config),
+        "max_queue_delay_us": config.dynamic_batching.max_queue_delay_microseconds,
+        "version_policy": {"latest": config.version_policy.latest.num_versions},
+        "parameters": {k: v.string_value for k, v in sorted(config.parameters.items())},
+    }

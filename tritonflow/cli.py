@@ -1,0 +1,46 @@
+"""The `tritonflow` command: a dispatcher. Each subcommand lives with the layer it drives and is
+imported only when used, so `tritonflow models` does not pay for the serving stack."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tritonflow import __version__
+from tritonflow.lineage.errors import TritonflowError
+
+# name -> (module exposing add_arguments(parser) and main(args) -> int, one-line help)
+COMMANDS = {
+    "serve": ("tritonflow.serving.server", "serve a model repository over Triton's HTTP protocol"),
+    "models": ("tritonflow.lineage.models_command", "list the models, versions and deployment IDs"),
+    "check-config": ("tritonflow.serving.check_command", "validate config.pbtxt files (Triton schema + FIL)"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tritonflow", description="Metaflow runs -> Triton model repositories -> serving -> lineage"
+    )
+    parser.add_argument("--version", action="version", version=f"tritonflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if only in (None, name):
+            module = importlib.import_module(module_name)
+            module.add_arguments(command)
+            command.set_defaults(run=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(chosen if chosen in COMMANDS else None).parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except TritonflowError as exc:
+        print(f"tritonflow {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
