@@ -131,6 +131,11 @@ class DeployDecorator(StepDecorator):
                 f"step *{step_name}* has no artifact {opts.model!r} to deploy: assign "
                 f"self.{opts.model} = <trained model> in the step, or pass @deploy(model='<artifact>')"
             )
+        if opts.sample and not hasattr(flow, opts.sample):
+            raise DeployException(
+                f"sample={opts.sample!r} names no artifact of step *{step_name}*: set "
+                f"self.{opts.sample} (rows of model input) in the step, or drop sample"
+            )
         provenance = Provenance(
             metaflow=self._run_info(flow),
             data=self._data_artifacts(),
@@ -141,7 +146,7 @@ class DeployDecorator(StepDecorator):
             record = deploy(
                 getattr(flow, opts.model),
                 opts,
-                sample=getattr(flow, opts.sample) if opts.sample and hasattr(flow, opts.sample) else None,
+                sample=getattr(flow, opts.sample) if opts.sample else None,
                 provenance=provenance,
                 sample_name=opts.sample,
             )

@@ -295,7 +295,7 @@ def _fil_problems(config: ModelConfig, line: _LineFinder) -> list[Problem]:
     elif model_type not in FIL_MODEL_FILES:
         found.append(
             Problem(
-                line('"model_type"'),
+                line.value("model_type"),
                 f'model_type "{model_type}" is not one of {", ".join(FIL_MODEL_FILES)}',
             )
         )
@@ -318,7 +318,7 @@ def _fil_problems(config: ModelConfig, line: _LineFinder) -> list[Problem]:
         if key in params and params[key] not in ("true", "false"):
             found.append(
                 Problem(
-                    line(f'"{key}"'),
+                    line.value(key),
                     f'{key} is "{params[key]}": FIL reads only lowercase "true" or "false" '
                     "(anything else silently falls back to the default)",
                 )
@@ -329,7 +329,7 @@ def _fil_problems(config: ModelConfig, line: _LineFinder) -> list[Problem]:
         try:
             float(params["threshold"])
         except ValueError:
-            found.append(Problem(line('"threshold"'), f'threshold "{params["threshold"]}" is not a number'))
+            found.append(Problem(line.value("threshold"), f'threshold "{params["threshold"]}" is not a number'))
     elif is_classifier and not predict_proba:
         found.append(Problem(None, 'classifiers need parameter "threshold" (e.g. "0.5")'))
     if predict_proba and not is_classifier:
@@ -382,8 +382,13 @@ class _LineFinder:
     def __init__(self, text: str) -> None:
         self.lines = text.splitlines()
 
-    def __call__(self, fragment: str) -> int | None:
-        for number, text in enumerate(self.lines, 1):
+    def __call__(self, fragment: str, after: int = 0) -> int | None:
+        for number, text in enumerate(self.lines[after:], after + 1):
             if fragment in text:
                 return number
         return None
+
+    def value(self, key: str) -> int | None:
+        """The `string_value` line of parameter `key` (where a wrong value is written)."""
+        line = self(f'"{key}"')
+        return self("string_value", after=line) if line else None

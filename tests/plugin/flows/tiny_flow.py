@@ -1,0 +1,49 @@
+"""A small flow for @deploy's tests; the decorator's attributes come from $TINY_DEPLOY (JSON)."""
+
+import json
+import os
+
+import numpy as np
+from metaflow import FlowSpec, Parameter, deploy, step
+from sklearn.ensemble import RandomForestClassifier
+
+ATTRIBUTES = json.loads(os.environ.get("TINY_DEPLOY", "{}"))
+
+
+class OffsetForest(RandomForestClassifier):
+    """A forest whose own predictions are post-processed, so its exported trees disagree with it."""
+
+    def predict_proba(self, X):
+        return np.clip(super().predict_proba(X) + 0.05, 0, 1)
+
+
+class TinyFlow(FlowSpec):
+    kind = Parameter("kind", default="forest", help="forest | offset | none | object")
+    features = Parameter("features", default=8)
+
+    @step
+    def start(self):
+        rng = np.random.default_rng(0)
+        self.X = rng.normal(size=(400, int(self.features))).astype("float32")
+        self.y = (self.X[:, 0] + self.X[:, 1] > 0).astype(int)
+        self.next(self.train)
+
+    @deploy(**ATTRIBUTES)
+    @step
+    def train(self):
+        if self.kind == "forest":
+            self.model = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0).fit(self.X, self.y)
+        elif self.kind == "offset":
+            self.model = OffsetForest(n_estimators=10, max_depth=4, random_state=0).fit(self.X, self.y)
+        elif self.kind == "object":
+            self.model = {"weights": [1, 2, 3]}
+        self.trained = True
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    TinyFlow()
