@@ -9,7 +9,7 @@ from tritonflow.lineage.errors import TritonflowError
 
 # Triton model names become folder names and URL path segments.
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-_ID_RE = re.compile(r"^(?P<model>[^:@/\s]+):(?P<version>[0-9]+)(?:@(?P<flow>[^/\s]+)/(?P<run>[^/\s]+))?$")
+_ID_RE = re.compile(r"(?P<model>[^:@/\s]+):(?P<version>[1-9][0-9]*)(?:@(?P<flow>[^/\s]+)/(?P<run>[^/\s]+))?")
 
 
 class InvalidDeploymentId(TritonflowError):
@@ -21,9 +21,13 @@ class InvalidDeploymentId(TritonflowError):
         )
 
 
+def _is_model_name(name: str) -> bool:
+    return bool(MODEL_NAME_RE.fullmatch(name)) and ".." not in name
+
+
 def check_model_name(name: str) -> str:
     """Return `name` if Triton (and a file system) can use it as a model name, else raise."""
-    if not MODEL_NAME_RE.match(name) or ".." in name:
+    if not _is_model_name(name):
         raise TritonflowError(
             f"{name!r} is not a valid Triton model name: use 1-128 letters, digits, '-', '_' "
             "or '.', starting with a letter or digit (no path separators, '..' or spaces)"
@@ -40,8 +44,9 @@ class DeploymentId:
 
     @classmethod
     def parse(cls, text: str) -> DeploymentId:
-        match = _ID_RE.match(text.strip())
-        if not match or int(match["version"]) < 1:
+        match = _ID_RE.fullmatch(text.strip())
+        # NOTE: the model name becomes a repository path: '..' must not reach the store.
+        if not match or not _is_model_name(match["model"]):
             raise InvalidDeploymentId(text)
         return cls(match["model"], int(match["version"]), match["flow"], match["run"])
 

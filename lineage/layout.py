@@ -4,9 +4,12 @@
 Version claims live in `<model>/.versions/<version>`: Triton ignores non-numeric folders.
 """
 
+import re
+
 CONFIG = "config.pbtxt"
 RECORD = "deployment.json"
 CLAIMS = ".versions"
+_VERSION_RE = re.compile(r"[1-9][0-9]*")
 
 
 def config_key(model: str) -> str:
@@ -26,5 +29,9 @@ def claim_key(model: str, version: int) -> str:
 
 
 def parse_version(name: str) -> int | None:
-    """A version folder's number, or None for anything Triton would not treat as a version."""
-    return int(name) if name.isdigit() and int(name) > 0 else None
+    """A version folder's number, or None for anything else.
+
+    Only the canonical spelling counts: `str.isdigit` accepts '²' (which `int` refuses), and '01'
+    would map to version 1 whose key is `<model>/1`, another folder.
+    """
+    return int(name) if _VERSION_RE.fullmatch(name) else None

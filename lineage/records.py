@@ -80,4 +80,7 @@ class DeploymentRecord:
             raise RepositoryError(f"{where} is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise RepositoryError(f"{where} must hold a JSON object")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except RepositoryError as exc:
+            raise RepositoryError(f"{where}: {exc}") from None

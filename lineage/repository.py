@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,8 +25,8 @@ class VersionEntry:
 
 
 class ModelRepository:
-    def __init__(self, uri: str) -> None:
-        self.store: Store = open_store(uri)
+    def __init__(self, uri: str | os.PathLike[str]) -> None:
+        self.store: Store = open_store(os.fspath(uri))
         self.uri = self.store.uri
 
     # -- reading -----------------------------------------------------------------------------

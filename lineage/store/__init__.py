@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 from tritonflow.lineage.store.base import Store
 
@@ -13,8 +14,9 @@ STORES = {
 }
 
 
-def open_store(uri: str) -> Store:
+def open_store(uri: str | os.PathLike[str]) -> Store:
     """The store for a repository URI: `s3://bucket/prefix` or a local path."""
+    uri = os.fspath(uri)
     scheme = uri.split("://", 1)[0] if "://" in uri else "file"
     if scheme not in STORES:
         raise ValueError(f"unsupported repository {uri!r}: use a local path or s3://bucket/prefix")

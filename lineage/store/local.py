@@ -33,6 +33,7 @@ class LocalStore(Store):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600: a server run as another user must read it
                 f.write(data)
             os.replace(tmp, path)
         except BaseException:
@@ -86,7 +87,12 @@ class LocalStore(Store):
             st = self._path(key).stat()
         except OSError:
             return None
-        return f"{st.st_mtime_ns}:{st.st_size}"
+        # NOTE: the inode too: a rewrite (a new file renamed in) of the same size can keep the mtime,
+        # whose granularity is a clock tick.
+        return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
 
     def local_dir(self, prefix: str, cache: Path) -> Path:
-        return self._path(prefix)
+        path = self._path(prefix)
+        if not path.is_dir():
+            raise NotFound(f"{path} is not a folder of the repository")
+        return path
