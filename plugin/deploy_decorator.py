@@ -16,8 +16,8 @@ from metaflow.exception import MetaflowException
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.plugin.options import REMOTE_DECORATORS, DeployOptions, parse_options
 
-# Artifact types that count as training data in the deployment record.
-_DATA_TYPES = ("numpy.ndarray", "pandas.core.frame.DataFrame", "pandas.core.series.Series", "scipy.sparse")
+# Artifact types (class names, as Metaflow stores them) that count as training data in the record.
+_DATA_TYPES = ("ndarray", "DataFrame", "Series", "scipy.sparse", "Table")
 
 
 class DeployException(MetaflowException):

@@ -1,0 +1,102 @@
+"""Model -> Triton files: the model's family says how to read it, the format how to write it.
+
+Both tables are lazy ("name" -> "module.Class"), so a deploy imports only the libraries its model
+needs; a new library is an adapter in native.py plus a line in FAMILIES, a new format a file plus
+a line in EXPORTERS. format="auto" serves tree ensembles through Treelite and FIL, and anything
+else through ONNX. A Pipeline whose steps before the model are all 'passthrough' is exported as
+that model (its trees stay trees); one with real preprocessing is a whole graph, so ONNX.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from tritonflow.plugin.exporters.base import Export, Exporter, ExportError
+from tritonflow.serving.model_config import ConfigSpec
+
+# top-level package of the model's class -> its adapter (how it predicts, describes and converts itself)
+FAMILIES = {
+    "sklearn": "tritonflow.plugin.exporters.native.SklearnModel",
+    "xgboost": "tritonflow.plugin.exporters.native.XGBoostModel",
+    "lightgbm": "tritonflow.plugin.exporters.native.LightGBMModel",
+}
+# format -> exporter; "auto" takes the first that can export the model
+EXPORTERS = {
+    "treelite": "tritonflow.plugin.exporters.treelite.TreeliteExporter",
+    "onnx": "tritonflow.plugin.exporters.onnx.OnnxExporter",
+}
+
+
+def export_model(model: Any, fmt: str, n_features: int, triton_version: str) -> Export:
+    """Export `model` as `fmt` ("auto" | "treelite" | "onnx") for a Triton release; raise ExportError."""
+    if fmt != "auto" and fmt not in EXPORTERS:
+        raise ExportError(f"format {fmt!r} is not one of auto, {', '.join(EXPORTERS)}")
+    model = unwrap_pipeline(model)
+    native = _load(FAMILIES, _family(model))(model)
+    exporters: dict[str, Exporter] = {name: _load(EXPORTERS, name)() for name in EXPORTERS}
+    if fmt == "auto":
+        fmt = next(name for name, exporter in exporters.items() if exporter.can_export(native))
+    return exporters[fmt].export(native, n_features, triton_version)
+
+
+def config_spec(
+    export: Export,
+    name: str,
+    max_batch_size: int = ConfigSpec.max_batch_size,
+    instance_kind: str = ConfigSpec.instance_kind,
+    max_queue_delay_us: int = ConfigSpec.max_queue_delay_us,
+) -> ConfigSpec:
+    """What config.pbtxt says for an export; the deploy and the parity gate build it the same way."""
+    return ConfigSpec(
+        name=name,
+        backend=export.backend,
+        inputs=export.inputs,
+        outputs=export.outputs,
+        max_batch_size=max_batch_size,
+        instance_kind=instance_kind,
+        max_queue_delay_us=max_queue_delay_us,
+        parameters=dict(export.parameters),
+    )
+
+
+def _family(model: Any) -> str:
+    """The library of the model's class or of its bases (a user's subclass of a forest is a forest)."""
+    for base in type(model).__mro__:
+        family = base.__module__.split(".")[0]
+        if family in FAMILIES:
+            return family
+    cls = type(model)
+    raise ExportError(
+        f"cannot export a {cls.__module__}.{cls.__qualname__}: tritonflow exports models of "
+        f"{', '.join(FAMILIES)} (tree ensembles through Treelite, any other estimator or Pipeline "
+        "through ONNX)"
+    )
+
+
+def unwrap_pipeline(model: Any) -> Any:
+    """A Pipeline that passes rows through untouched to its last step is that step; others stay."""
+    while (
+        type(model).__name__ == "Pipeline"
+        and all(step in (None, "passthrough") for _, step in model.steps[:-1])
+        and model.steps[-1][1] not in (None, "passthrough")
+    ):
+        model = model.steps[-1][1]
+    return model
+
+
+def _load(table: dict[str, str], name: str) -> Any:
+    module, cls = table[name].rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)
+
+
+__all__ = [
+    "EXPORTERS",
+    "FAMILIES",
+    "Export",
+    "ExportError",
+    "Exporter",
+    "config_spec",
+    "export_model",
+    "unwrap_pipeline",
+]

@@ -52,7 +52,7 @@ def only_record(repo: str, model: str):
 def test_fraud_flow_trains_selects_and_deploys(tmp_path, metaflow_env):
     repo = tmp_path / "model_repository"
     result = run_flow(FRAUD_FLOW, {**metaflow_env, "TRITONFLOW_REPOSITORY": str(repo)}, tmp_path, "--rows", "8000")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
     repository, record = only_record(str(repo), "fraud-classifier")
     assert record.version == 1
@@ -98,7 +98,7 @@ def test_versions_increase_and_signature_is_kept(tmp_path, metaflow_env):
     env = {**metaflow_env, "TRITONFLOW_REPOSITORY": repo}
     for _ in range(2):
         result = run_flow(TINY_FLOW, env, tmp_path, deploy={"name": "tiny"})
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     repository = ModelRepository(repo)
     assert repository.versions("tiny") == [1, 2]
     first, second = (repository.read_record("tiny", v) for v in (1, 2))
@@ -106,7 +106,8 @@ def test_versions_increase_and_signature_is_kept(tmp_path, metaflow_env):
 
     changed = run_flow(TINY_FLOW, env, tmp_path, "--features", "5", deploy={"name": "tiny"})
     assert changed.returncode != 0
-    assert "keeps one signature" in changed.stderr and "nothing was published" in changed.stderr
+    changed_out = changed.stdout + changed.stderr
+    assert "keeps one signature" in changed_out and "nothing was published" in changed_out
     assert repository.versions("tiny") == [1, 2]
 
 
@@ -127,15 +128,15 @@ def test_bad_input_fails_clearly_and_publishes_nothing(tmp_path, metaflow_env, k
     env = {**metaflow_env, "TRITONFLOW_REPOSITORY": str(repo)}
     result = run_flow(TINY_FLOW, env, tmp_path, "--kind", kind, deploy={"name": "tiny", **deploy})
     assert result.returncode != 0
-    assert message in result.stderr, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr.split("@deploy")[-1]
+    assert message in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
+    assert "Traceback" not in (result.stdout + result.stderr).split("@deploy")[-1]
     assert not (repo / "tiny").exists() or ModelRepository(str(repo)).versions("tiny") == []
 
 
 def test_deploy_to_s3_with_s3_datastore(tmp_path, metaflow_s3_env, s3_bucket):
     env = {**metaflow_s3_env, "TRITONFLOW_REPOSITORY": s3_bucket}
     result = run_flow(FRAUD_FLOW, env, tmp_path, "--rows", "4000")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     repository, record = only_record(s3_bucket, "fraud-classifier")
     assert record.repository == repository.uri and record.metaflow["datastore"] == "s3"
     check_config(repository.read_config("fraud-classifier"))
@@ -157,4 +158,5 @@ def test_unreachable_s3_fails_clearly(tmp_path, metaflow_env):
     }
     result = run_flow(TINY_FLOW, env, tmp_path, deploy={"name": "tiny"}, timeout=120)
     assert result.returncode != 0
-    assert "nothing was published" in result.stderr and "127.0.0.1:9" in result.stderr
+    out = result.stdout + result.stderr
+    assert "nothing was published" in out and "127.0.0.1:9" in out

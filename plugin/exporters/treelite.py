@@ -1,0 +1,64 @@
+"""Tree ensembles -> a Treelite checkpoint served by Triton's FIL backend (`checkpoint.tl`).
+
+Classifiers are configured with predict_proba "true", so FIL answers class probabilities,
+(rows, n_classes), two columns for binary models too; regressors answer (rows, 1). Booleans are
+written lowercase: FIL reads "True" as its default without a word.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tritonflow.plugin.exporters.base import Export, Exporter, ExportError
+from tritonflow.plugin.exporters.native import NativeModel
+from tritonflow.serving.model_config import TensorSpec, classifier_key
+
+MODEL_FILE = "checkpoint.tl"
+TREES = (
+    "scikit-learn RandomForest, ExtraTrees, GradientBoosting and HistGradientBoosting (classifiers and "
+    "regressors), XGBoost and LightGBM tree boosters; single-output only; a Pipeline only when every step "
+    "before the model is 'passthrough'"
+)
+
+
+class TreeliteExporter(Exporter):
+    format = "treelite"
+
+    def can_export(self, model: Any) -> bool:
+        return isinstance(model, NativeModel) and model.is_tree_ensemble
+
+    def export(self, model: Any, n_features: int, triton_version: str) -> Export:
+        import treelite
+
+        if not self.can_export(model):
+            raise ExportError(
+                f"{type(model.model).__name__} cannot be exported to Treelite, which takes {TREES}: "
+                'use format="onnx"'
+            )
+        try:
+            checkpoint = model.to_treelite().serialize_bytes()
+        except treelite.TreeliteError as exc:
+            raise ExportError(
+                f'Treelite cannot read this {type(model.model).__name__}: {exc}; try format="onnx"'
+            ) from None
+        classifier = "true" if model.is_classifier else "false"
+        parameters = {
+            "model_type": "treelite_checkpoint",
+            classifier_key(triton_version): classifier,
+            "predict_proba": classifier,
+        }
+        if model.is_classifier:
+            parameters["threshold"] = "0.5"  # unused with predict_proba, yet FIL wants it for classifiers
+        return Export(
+            format=self.format,
+            backend="fil",
+            files={MODEL_FILE: checkpoint},
+            inputs=(TensorSpec("input__0", "FP32", (n_features,)),),
+            outputs=(TensorSpec("output__0", "FP32", (model.width(n_features),)),),
+            parameters=parameters,
+            n_features=n_features,
+            n_classes=model.n_classes,
+            model_info=model.info(),
+            versions={"treelite": treelite.__version__},
+            native_predict=model.predict,
+        )

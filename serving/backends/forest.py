@@ -1,0 +1,280 @@
+"""Triton's FIL backend on this node: forests run by nvForest (CPU or GPU) or by Treelite's GTIL.
+
+nvForest is the engine inside Triton's FIL backend since 26.06; it ships as the `gpu` extra
+(CUDA wheels, ~3.4 GB) yet also runs on CPU. Without it, Treelite's GTIL (always installed)
+gives the same answers, only slower. Both go through one post-processing step that copies
+Triton's, so a repository answers the same here and in Triton.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import treelite
+import treelite.gtil
+from tritonclient.grpc import model_config_pb2 as pb
+
+from tritonflow.serving.backends import BackendError
+from tritonflow.serving.backends.base import Backend
+from tritonflow.serving.model_config import FilOptions, ModelConfig, fil_options, parameter
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "nvforest", "treelite")
+LAYOUTS = ("depth_first", "breadth_first", "layered")
+INSTALL_HINT = "pip install 'tritonflow[gpu]'"
+# nvForest runs every batch on all cores (OpenMP); a small batch then waits on the slowest thread,
+# and one busy core turns a 7 us row into 16-28 ms. Small batches run on fewer threads.
+ROWS_PER_THREAD = 32
+# Triton's FIL backend imports into nvForest with 128-byte tree alignment and single precision
+# (float32 in, float32 out): no per-call conversion of a float32 batch.
+ALIGN_BYTES = 128
+
+Raw = Callable[[np.ndarray], np.ndarray]  # (rows, n_features) float32 -> (rows, width)
+
+
+class ForestBackend(Backend):
+    """One forest model version under a FIL config: `input[0]` (rows, n_features) -> `output[0]`."""
+
+    def __init__(self, version_dir: Path, config: ModelConfig, engine: str = "auto") -> None:
+        if engine not in ENGINES:
+            raise BackendError(f"engine {engine!r} is not a forest engine: use one of {', '.join(ENGINES)}")
+        if len(config.input) != 1 or len(config.output) != 1:
+            raise BackendError(
+                f"model {config.name!r}: the FIL backend takes exactly one input and one output"
+            )
+        try:
+            options = fil_options(config)
+        except (KeyError, ValueError) as exc:  # an unchecked config: no or unknown model_type, bad threshold
+            raise BackendError(
+                f"model {config.name!r}: FIL parameters incomplete or invalid ({exc!r}); "
+                "run `tritonflow check-config` on its config.pbtxt"
+            ) from None
+        self.path = Path(version_dir) / options.model_file
+        self.input_name = config.input[0].name
+        self.output_name = config.output[0].name
+        model = _load_treelite(
+            self.path, options.model_type, parameter(config, "xgboost_allow_unknown_field")
+        )
+        self.n_features = model.num_feature
+        width = _check_shapes(self.path, config, options, model)
+        self.engine, self._raw = _start_engine(self.path, model, config, engine)
+        self._finish = _postprocess(options, width)
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            x = inputs[self.input_name]
+        except KeyError:
+            raise BackendError(f"missing input {self.input_name!r}") from None
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        # NOTE: GTIL pads missing features with NaN and ignores extra ones: check, never guess.
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise BackendError(
+                f"input {self.input_name!r} must be (rows, {self.n_features}) FP32, got shape {list(x.shape)}"
+            )
+        return {self.output_name: self._finish(self._raw(x))}
+
+    def unload(self) -> None:
+        # NOTE: the closure holds the engine's forest; dropping it frees GPU memory under nvForest.
+        del self._raw
+
+
+# -- model files --------------------------------------------------------------------------------
+def _load_treelite(path: Path, model_type: str, allow_unknown: str | None) -> treelite.Model:
+    if not path.is_file():
+        present = sorted(p.name for p in path.parent.iterdir()) if path.parent.is_dir() else []
+        raise BackendError(
+            f"model file {path} is missing (model_type {model_type!r} reads {path.name!r}; "
+            f"the folder holds {present or 'nothing'}): publish it or set default_model_filename"
+        )
+    loaders: dict[str, Callable[[Path], treelite.Model]] = {
+        "treelite_checkpoint": treelite.Model.deserialize,
+        "xgboost_json": functools.partial(
+            treelite.frontend.load_xgboost_model,
+            format_choice="json",
+            allow_unknown_field=allow_unknown == "true",
+        ),
+        "xgboost_ubj": functools.partial(
+            treelite.frontend.load_xgboost_model,
+            format_choice="ubjson",
+            allow_unknown_field=allow_unknown == "true",
+        ),
+        "xgboost": treelite.frontend.load_xgboost_model_legacy_binary,
+        "lightgbm": treelite.frontend.load_lightgbm_model,
+    }
+    try:
+        return loaders[model_type](path)
+    except treelite.TreeliteError as exc:
+        raise BackendError(
+            f"cannot read {path} as model_type {model_type!r}: {_treelite_reason(exc)}"
+        ) from None
+
+
+def _treelite_reason(exc: Exception) -> str:
+    """Treelite's message without its '[hh:mm:ss] /project/src/file.cc:123: ' prefixes."""
+    return re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", str(exc)).strip().replace("\n", " ")
+
+
+def _check_shapes(path: Path, config: ModelConfig, options: FilOptions, model: treelite.Model) -> int:
+    """The model's values per row (classes, or 1), after checking it against the config's tensors."""
+    header = model.get_header_accessor()
+    if int(header.get_field("num_target")[0]) != 1:
+        raise BackendError(f"{path} has several targets: the FIL backend serves single-target models")
+    width = int(np.max(header.get_field("num_class")))
+    features = list(config.input[0].dims)
+    if features != [model.num_feature]:
+        raise BackendError(
+            f"{path} does not match its config: input {config.input[0].name!r} has dims {features}, "
+            f"the model reads {model.num_feature} features"
+        )
+    if options.predict_proba:
+        expected, what = max(width, 2), "with predict_proba, one probability per class"
+    elif width == 1 or options.is_classifier:
+        expected, what = 1, "one class index or value per row"
+    else:
+        raise BackendError(
+            f"{path} gives {width} class probabilities per row but the config says is_classifier "
+            '"false": set is_classifier "true" (and predict_proba "true" for probabilities)'
+        )
+    dims = list(config.output[0].dims)
+    if dims != [expected]:
+        raise BackendError(
+            f"{path} does not match its config: output {config.output[0].name!r} has dims {dims}, "
+            f"the model gives [{expected}] ({what}; {width} raw value(s) per row)"
+        )
+    return width
+
+
+# -- engines ------------------------------------------------------------------------------------
+def _start_engine(path: Path, model: treelite.Model, config: ModelConfig, engine: str) -> tuple[str, Raw]:
+    """Pick the engine and return its name and a function giving (rows, width) outputs."""
+    if engine == "treelite":
+        return "treelite-gtil", _gtil(model)
+    nvforest = nvforest_or_reason()
+    if isinstance(nvforest, str):
+        if engine == "nvforest":
+            raise BackendError(f"engine 'nvforest' needs nvForest ({nvforest}): {INSTALL_HINT}")
+        return "treelite-gtil", _gtil(model)
+    device = "cpu"
+    if any(group.kind == pb.ModelInstanceGroup.KIND_GPU for group in config.instance_group):
+        if cuda_device_count() > 0:
+            device = "gpu"
+        else:
+            log.warning("%s: config asks for KIND_GPU but no CUDA GPU is visible: running on CPU", path)
+    return f"nvforest-{device}", _nvforest_forest(nvforest, path, model, config, device)
+
+
+@functools.cache
+def nvforest_or_reason() -> ModuleType | str:
+    """nvForest, or why it cannot be imported; looked for once per process, not per model load."""
+    try:
+        return importlib.import_module("nvforest")
+    except Exception as exc:  # ImportError, or OSError from a CUDA wheel that cannot load its libraries
+        return f"{type(exc).__name__}: {exc}"
+
+
+@functools.cache
+def cuda_device_count() -> int:
+    """CUDA GPUs visible to this process; 0 without a driver. Only asked for KIND_GPU configs."""
+    try:
+        from cuda.bindings import runtime
+
+        status, count = runtime.cudaGetDeviceCount()
+    except Exception:  # no CUDA runtime at all: a CPU-only machine
+        return 0
+    return int(count) if status == runtime.cudaError_t.cudaSuccess else 0
+
+
+def _gtil(model: treelite.Model) -> Raw:
+    # GTIL gives (rows, targets=1, width) in the model's own precision; [:, 0] is a view.
+    # NOTE: one row runs faster on one thread, and then never waits on a busy core's OpenMP thread.
+    return lambda x: treelite.gtil.predict(model, x, nthread=1 if x.shape[0] == 1 else -1)[:, 0]
+
+
+def _nvforest_forest(
+    nvforest: ModuleType, path: Path, model: treelite.Model, config: ModelConfig, device: str
+) -> Raw:
+    layout = parameter(config, "layout") or "depth_first"
+    if layout not in LAYOUTS:
+        raise BackendError(f'{path}: FIL parameter layout "{layout}" is not one of {", ".join(LAYOUTS)}')
+    chunk_size = parameter(config, "chunk_size")
+    try:
+        forest = nvforest.load_from_treelite_model(
+            model,
+            device=device,
+            layout=layout,
+            default_chunk_size=int(chunk_size) if chunk_size else None,
+            align_bytes=ALIGN_BYTES,
+            precision="single",
+        )
+    except Exception as exc:  # nvForest raises RuntimeError/ValueError from C++; name it with the file
+        raise BackendError(
+            f"nvForest cannot load {path} on {device}: {exc} (engine 'treelite' runs it without nvForest)"
+        ) from None
+    # Classifiers answer predict_proba with the post-processed scores, regressors predict.
+    run: Callable[[np.ndarray], Any] = getattr(forest, "predict_proba", forest.predict)
+    if device == "gpu":
+        return lambda x: run(x).get()  # a cupy array: copy it back to the host
+    threads = _nvforest_threads()
+    if threads is None:
+        return run
+    set_threads, most = threads
+
+    def run_cpu(x: np.ndarray) -> Any:
+        # NOTE: sets the OpenMP thread count of the calling thread only (the model's worker thread).
+        set_threads(min(most, 1 + x.shape[0] // ROWS_PER_THREAD))
+        return run(x)
+
+    return run_cpu
+
+
+@functools.cache
+def _nvforest_threads() -> tuple[Callable[[int], None], int] | None:
+    """nvForest's own `omp_set_num_threads` and its default thread count; None if out of reach."""
+    try:
+        import libnvforest
+
+        # dlsym on libnvforest finds the OpenMP runtime it links (vendored), not treelite's or numpy's
+        lib = libnvforest.load_library()
+        set_threads, max_threads = lib.omp_set_num_threads, lib.omp_get_max_threads
+    except (ImportError, OSError, AttributeError):  # a system install without the wheel's loader
+        return None
+    set_threads.argtypes, set_threads.restype = [ctypes.c_int], None
+    max_threads.restype = ctypes.c_int
+    return set_threads, int(max_threads())
+
+
+# -- Triton's output semantics -----------------------------------------------------------------
+def _postprocess(options: FilOptions, width: int) -> Raw:
+    """(rows, width) scores -> what Triton's FIL backend answers, as float32.
+
+    Models with one value per row (gradient boosting binary classifiers: P(class 1); regressors)
+    are thresholded for class output, and widened to [1 - p, p] for probabilities. Models with one
+    value per class (random forests, multiclass) answer the argmax, as Triton does, whatever the
+    threshold.
+    """
+    if options.predict_proba and width == 1:
+        return _two_columns
+    if options.is_classifier and not options.predict_proba:
+        if width == 1:
+            threshold = options.threshold
+            return lambda raw: (raw > threshold).astype(np.float32)
+        return lambda raw: raw.argmax(axis=1).astype(np.float32).reshape(-1, 1)
+    return lambda raw: raw.astype(np.float32, copy=False)
+
+
+def _two_columns(raw: np.ndarray) -> np.ndarray:
+    out = np.empty((raw.shape[0], 2), dtype=np.float32)
+    out[:, 1] = raw[:, 0]
+    np.subtract(1.0, raw[:, 0], out=out[:, 0])
+    return out
