@@ -13,6 +13,7 @@ from typing import Any
 
 from metaflow.decorators import StepDecorator
 from metaflow.exception import MetaflowException
+
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.plugin.options import REMOTE_DECORATORS, DeployOptions, parse_options
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.serving.model_config import TensorSpec
 

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
+
 from tritonflow.serving.model_config import ModelConfig
 
 
@@ -23,5 +24,5 @@ class Backend(ABC):
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Batched inputs by config input name -> every config output by name, batch first."""
 
-    def unload(self) -> None:
+    def unload(self) -> None:  # noqa: B027 (optional hook: most runtimes hold nothing to free)
         """Release what `__init__` took (GPU memory, sessions); the default keeps nothing."""

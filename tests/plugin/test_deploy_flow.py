@@ -51,7 +51,9 @@ def only_record(repo: str, model: str):
 
 def test_fraud_flow_trains_selects_and_deploys(tmp_path, metaflow_env):
     repo = tmp_path / "model_repository"
-    result = run_flow(FRAUD_FLOW, {**metaflow_env, "TRITONFLOW_REPOSITORY": str(repo)}, tmp_path, "--rows", "8000")
+    result = run_flow(
+        FRAUD_FLOW, {**metaflow_env, "TRITONFLOW_REPOSITORY": str(repo)}, tmp_path, "--rows", "8000"
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
     repository, record = only_record(str(repo), "fraud-classifier")

@@ -127,7 +127,9 @@ def test_check_config_command(tmp_path):
 
     def run(*paths):
         return subprocess.run(
-            [sys.executable, "-m", "tritonflow", "check-config", *map(str, paths)], capture_output=True, text=True
+            [sys.executable, "-m", "tritonflow", "check-config", *map(str, paths)],
+            capture_output=True,
+            text=True,
         )
 
     ok = run(model)

@@ -32,7 +32,8 @@ class TinyFlow(FlowSpec):
     @step
     def train(self):
         if self.kind == "forest":
-            self.model = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0).fit(self.X, self.y)
+            forest = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0)
+            self.model = forest.fit(self.X, self.y)
         elif self.kind == "offset":
             self.model = OffsetForest(n_estimators=10, max_depth=4, random_state=0).fit(self.X, self.y)
         elif self.kind == "object":
