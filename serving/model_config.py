@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import FieldDescriptor
 from tritonclient.grpc import model_config_pb2 as pb
+
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.serving import datatypes
 
@@ -329,7 +330,8 @@ def _fil_problems(config: ModelConfig, line: _LineFinder) -> list[Problem]:
         try:
             float(params["threshold"])
         except ValueError:
-            found.append(Problem(line.value("threshold"), f'threshold "{params["threshold"]}" is not a number'))
+            bad = params["threshold"]
+            found.append(Problem(line.value("threshold"), f'threshold "{bad}" is not a number'))
     elif is_classifier and not predict_proba:
         found.append(Problem(None, 'classifiers need parameter "threshold" (e.g. "0.5")'))
     if predict_proba and not is_classifier:
