@@ -46,6 +46,8 @@ def test_models_lists_versions_with_their_runs(tmp_path):
 
 
 def test_errors_are_one_line_with_exit_2(tmp_path):
+    missing = tritonflow("models", tmp_path / "typo")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
     result = tritonflow("models", "s3://x")
     assert result.returncode == 2 and result.stderr.startswith("tritonflow models: error:")
     assert "Traceback" not in result.stderr

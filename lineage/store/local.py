@@ -55,6 +55,8 @@ class LocalStore(Store):
         try:
             return sorted(p.name for p in self._path(prefix).iterdir())
         except (FileNotFoundError, NotADirectoryError):
+            if not prefix:  # a mistyped repository path is an error, not an empty repository
+                raise NotFound(f"repository {self.root} does not exist (or is not a folder)") from None
             return []
 
     def delete(self, prefix: str) -> None:
