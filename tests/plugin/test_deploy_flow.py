@@ -113,6 +113,42 @@ def test_versions_increase_and_signature_is_kept(tmp_path, metaflow_env):
     assert repository.versions("tiny") == [1, 2]
 
 
+def test_a_retried_task_does_not_publish_twice(tmp_path, metaflow_env):
+    repo = str(tmp_path / "repo")
+    env = {**metaflow_env, "TRITONFLOW_REPOSITORY": repo}
+    result = run_flow(
+        TINY_FLOW, env, tmp_path, "--with", "retry", "--fail_first_attempt", "true", deploy={"name": "tiny"}
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    out = result.stdout + result.stderr
+    assert out.count("@deploy: published tiny:1@TinyFlow/") == 2  # attempt 0 published, attempt 1 reused it
+    assert ModelRepository(repo).versions("tiny") == [1]
+    facts = client(
+        metaflow_env,
+        tmp_path,
+        'task = Flow("TinyFlow").latest_run["train"].task\n'
+        "print(json.dumps([task.current_attempt, task.data.deployment_id]))",
+    )
+    assert facts[0] == 1 and facts[1].startswith("tiny:1@TinyFlow/")
+
+
+def test_fraud_flow_reads_a_csv(tmp_path, metaflow_env):
+    sys.path.insert(0, str(FRAUD_FLOW.parent))
+    try:
+        from fraud_flow import synthetic_transactions
+    finally:
+        sys.path.pop(0)
+    frame = synthetic_transactions(3000, seed=1).rename(columns={"Class": "is_fraud"})
+    frame.to_csv(tmp_path / "transactions.csv", index=False)
+    env = {**metaflow_env, "TRITONFLOW_REPOSITORY": str(tmp_path / "repo")}
+    args = ("--data", "transactions.csv", "--target", "is_fraud")
+    result = run_flow(FRAUD_FLOW, env, tmp_path, *args)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    _, record = only_record(str(tmp_path / "repo"), "fraud-classifier")
+    assert record.metaflow["parameters"]["data"] == "transactions.csv"
+    assert record.signature["n_features"] == 30 and "is_fraud" not in record.signature["feature_names"]
+
+
 @pytest.mark.parametrize(
     ("kind", "deploy", "message"),
     [

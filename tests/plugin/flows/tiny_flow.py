@@ -2,9 +2,10 @@
 
 import json
 import os
+import threading
 
 import numpy as np
-from metaflow import FlowSpec, Parameter, deploy, step
+from metaflow import FlowSpec, Parameter, current, deploy, step
 from sklearn.ensemble import RandomForestClassifier
 
 ATTRIBUTES = json.loads(os.environ.get("TINY_DEPLOY", "{}"))
@@ -20,6 +21,7 @@ class OffsetForest(RandomForestClassifier):
 class TinyFlow(FlowSpec):
     kind = Parameter("kind", default="forest", help="forest | offset | none | object")
     features = Parameter("features", default=8)
+    fail_first_attempt = Parameter("fail_first_attempt", default=False, help="fail after @deploy, once")
 
     @step
     def start(self):
@@ -39,6 +41,9 @@ class TinyFlow(FlowSpec):
         elif self.kind == "object":
             self.model = {"weights": [1, 2, 3]}
         self.trained = True
+        if self.fail_first_attempt and current.retry_count == 0:
+            # Unpicklable: the task fails when Metaflow saves artifacts, after @deploy published.
+            self.unsaveable = threading.Lock()
         self.next(self.end)
 
     @step
