@@ -94,7 +94,8 @@ def main() -> None:
                 }
             )
             print(
-                f"{label:28s} import {rows[-1]['plugin_import_s']:5.2f} s  first call {rows[-1]['first_call_s']:6.3f} s  "
+                f"{label:28s} import {rows[-1]['plugin_import_s']:5.2f} s  "
+                f"first call {rows[-1]['first_call_s']:6.3f} s  "
                 f"warm median {rows[-1]['warm_median_s']:6.3f} s  whole process {process_s:6.2f} s"
             )
     RESULTS.mkdir(exist_ok=True)

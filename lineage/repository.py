@@ -13,8 +13,16 @@ from tritonflow.lineage.ids import DeploymentId, check_model_name
 from tritonflow.lineage.records import DeploymentRecord, utc_now
 from tritonflow.lineage.store import Store, open_store
 
+DEFAULT_REPOSITORY = "model_repository"
+REPOSITORY_ENV = "TRITONFLOW_REPOSITORY"
+
 # Bounded so a store that never grants a claim fails loudly instead of spinning.
 _MAX_CLAIM_ATTEMPTS = 1000
+
+
+def default_repository(explicit: str | None = None) -> str:
+    """Explicit, else $TRITONFLOW_REPOSITORY, else ./model_repository: for commands and deploys."""
+    return explicit or os.environ.get(REPOSITORY_ENV) or DEFAULT_REPOSITORY
 
 
 @dataclass(frozen=True)

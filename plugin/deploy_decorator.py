@@ -6,6 +6,7 @@ extension), so heavy libraries (treelite, sklearn, onnx) are imported only when 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import sys
@@ -18,7 +19,7 @@ from tritonflow.lineage.errors import TritonflowError
 from tritonflow.plugin.options import REMOTE_DECORATORS, DeployOptions, parse_options
 
 # Artifact types (class names, as Metaflow stores them) that count as training data in the record.
-_DATA_TYPES = ("ndarray", "DataFrame", "Series", "scipy.sparse", "Table")
+_DATA_TYPES = ("ndarray", "DataFrame", "Series", "scipy.sparse", "Table", "IncludedFile")
 
 
 class DeployException(MetaflowException):
@@ -172,9 +173,11 @@ class DeployDecorator(StepDecorator):
             "task_id": self.task["task_id"],
             "task": f"{flow.name}/{self.task['run_id']}/{self.task['step']}/{self.task['task_id']}",
             "attempt": self.task["attempt"],
+            "model_artifact": self.options.model,
             "user": current.username,
             "tags": sorted(current.tags),
             "parameters": params,
+            "data_files": _data_files(params),
             "script": os.path.basename(script),
             "git": get_repository_info(os.path.dirname(script)) or None,
             "metaflow_version": get_version(),
@@ -222,6 +225,18 @@ class DeployDecorator(StepDecorator):
                 f"metrics={name!r} must be a dict of metric name -> value, got {type(value)}"
             )
         return {str(k): _jsonable(v) for k, v in value.items()}
+
+
+def _data_files(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Parameters that name a readable file (e.g. --data), hashed: the data a run read from disk."""
+    found = []
+    for name, value in sorted(params.items()):
+        if isinstance(value, str) and value and os.path.isfile(value):
+            with open(value, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            path = os.path.abspath(value)
+            found.append({"parameter": name, "path": path, "sha256": digest, "size": os.path.getsize(path)})
+    return found
 
 
 def _jsonable(value: Any) -> Any:

@@ -7,17 +7,16 @@ the decorator (and so this module) in every process it starts.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.ids import check_model_name
+from tritonflow.lineage.repository import default_repository
 
 FORMATS = ("auto", "treelite", "onnx")
 INSTANCE_KINDS = ("cpu", "gpu")
-DEFAULT_REPOSITORY = "model_repository"
 REMOTE_DECORATORS = ("kubernetes", "batch")
 _ARTIFACT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -83,7 +82,7 @@ def parse_options(
             "put @deploy(select=...) on the join step after the foreach, or drop select"
         )
     name = check_model_name(str(get("name") or kebab_case(flow_name)))
-    repository = str(get("repository") or os.environ.get("TRITONFLOW_REPOSITORY") or DEFAULT_REPOSITORY)
+    repository = default_repository(get("repository"))
     if remote and not repository.startswith("s3://"):
         raise OptionError(
             f"this step runs on @{remote}, where the local repository {repository!r} would be lost: "

@@ -181,6 +181,19 @@ def instance_kind(config: ModelConfig) -> str:
     return "gpu" if groups and groups[0].kind == pb.ModelInstanceGroup.KIND_GPU else "cpu"
 
 
+def served_versions(config: ModelConfig, versions: list[int]) -> list[int]:
+    """The versions (ascending) that Triton's version_policy serves; default: the latest one."""
+    policy = config.version_policy
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+        return sorted(versions)
+    if kind == "specific":
+        wanted = set(policy.specific.versions)
+        return sorted(v for v in versions if v in wanted)
+    n = policy.latest.num_versions if kind == "latest" else 1
+    return sorted(versions)[-n:] if n > 0 else []
+
+
 def build_config(spec: ConfigSpec) -> ModelConfig:
     config = ModelConfig(name=spec.name, backend=spec.backend, max_batch_size=spec.max_batch_size)
     for tensors, target in ((spec.inputs, config.input), (spec.outputs, config.output)):

@@ -13,7 +13,8 @@ from tritonflow.plugin.publish import Provenance, deploy
 
 
 def tritonflow(*args):
-    return subprocess.run([sys.executable, "-m", "tritonflow", *map(str, args)], capture_output=True, text=True)
+    command = [sys.executable, "-m", "tritonflow", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True)
 
 
 def test_version_and_help():

@@ -14,6 +14,10 @@ from tritonflow.lineage.errors import TritonflowError
 COMMANDS = {
     "serve": ("tritonflow.serving.server", "serve a model repository over Triton's HTTP protocol"),
     "models": ("tritonflow.lineage.models_command", "list the models, versions and deployment IDs"),
+    "lineage": (
+        "tritonflow.lineage_command",
+        "trace a deployment ID, a saved response or a run to its lineage",
+    ),
     "check-config": ("tritonflow.serving.check_command", "validate config.pbtxt files (Triton schema + FIL)"),
 }
 

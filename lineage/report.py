@@ -1,0 +1,224 @@
+"""The lineage of one deployment as a document (`--json`, the serving node's /lineage) and as text.
+
+The deployment record is the source of truth; live Metaflow facts are added when available.
+Schema `tritonflow.lineage/v1`: deployment, run, code, data, model, decision, inspect, metaflow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tritonflow.lineage.records import DeploymentRecord
+from tritonflow.lineage.runs import LiveRun
+
+SCHEMA = "tritonflow.lineage/v1"
+
+
+def lineage_document(
+    record: DeploymentRecord, live: LiveRun | None, served_versions: list[int] | None
+) -> dict[str, Any]:
+    """Everything known about a deployment; `served_versions` None when it was not computed."""
+    meta, model = record.metaflow, record.model
+    live = live or LiveRun(False, "live Metaflow lookup not requested")
+    git = meta.get("git") or {}
+    task = meta.get("task")
+    winner = (record.selection or {}).get("winner") or {}
+    training_task = winner.get("task") or (record.data[0]["task"] if record.data else task)
+    return {
+        "schema": SCHEMA,
+        "deployment": {
+            "deployment_id": record.deployment_id,
+            "model": record.model_name,
+            "version": record.version,
+            "repository": record.repository,
+            "created_at": record.created_at,
+            "format": record.format,
+            "backend": record.backend,
+            "files": record.files,
+            "signature": record.signature,
+            "config": record.config,
+            "triton_version": record.triton_version,
+            "served_versions": served_versions,
+            "currently_served": None if served_versions is None else record.version in served_versions,
+        },
+        "run": {
+            "flow": meta.get("flow"),
+            "run_id": meta.get("run_id"),
+            "pathspec": f"{meta['flow']}/{meta['run_id']}" if meta.get("flow") else None,
+            "status": live.run.get("status", "unknown"),
+            "user": meta.get("user"),
+            "created_at": live.run.get("created_at"),
+            "finished_at": live.run.get("finished_at"),
+            "tags": sorted(set(meta.get("tags") or []) | set(live.run.get("user_tags", []))),
+            "parameters": meta.get("parameters") or {},
+            "step": meta.get("step"),
+            "task": task,
+            "attempt": meta.get("attempt"),
+        },
+        "code": {
+            "git_commit": git.get("commit_sha"),
+            "git_branch": git.get("branch_name"),
+            "git_repository": git.get("repo_url"),
+            "uncommitted_changes": git.get("has_uncommitted_changes"),
+            "script": meta.get("script"),
+            "code_package": meta.get("code_package"),
+            "metaflow_version": meta.get("metaflow_version"),
+            "python_version": meta.get("python_version"),
+            "libraries": {model.get("library", "model"): model.get("library_version"), **record.exporter},
+        },
+        "data": {
+            "artifacts": [{**item, "sha_matches_metaflow": _matches(item, live)} for item in record.data],
+            "files": meta.get("data_files") or [],
+        },
+        "model": {
+            "class": model.get("class"),
+            "library": model.get("library"),
+            "library_version": model.get("library_version"),
+            "hyperparameters": model.get("hyperparameters") or {},
+            "n_classes": model.get("n_classes"),
+            "metrics": record.metrics,
+            "parity": model.get("parity"),
+        },
+        "decision": record.selection,
+        "inspect": {
+            "run": f"Run('{meta['flow']}/{meta['run_id']}')" if meta.get("flow") else None,
+            "deploy_task": f"Task('{task}')" if task else None,
+            "model": f"Task('{training_task}').data.{meta.get('model_artifact', 'model')}"
+            if training_task
+            else None,
+            "artifacts": [f"Task('{d['task']}')['{d['name']}']" for d in record.data],
+        },
+        "metaflow": {"available": live.available, "notice": live.notice},
+    }
+
+
+def _matches(item: dict[str, Any], live: LiveRun) -> bool | None:
+    found = live.artifacts.get(item["name"])
+    return None if found is None else found == item.get("sha")
+
+
+# -- text ---------------------------------------------------------------------------------------
+def render_text(doc: dict[str, Any]) -> str:
+    """Readable sections of aligned `key  value` lines: the chain from response to run."""
+    dep, run, code, data, model = (doc[k] for k in ("deployment", "run", "code", "data", "model"))
+    lines: list[str] = []
+    served = dep["currently_served"]
+    _section(
+        lines,
+        "Deployment",
+        [
+            ("id", dep["deployment_id"]),
+            ("model", f"{dep['model']}  version {dep['version']}"),
+            ("repository", dep["repository"]),
+            ("created", dep["created_at"]),
+            (
+                "served now",
+                "unknown"
+                if served is None
+                else "yes"
+                if served
+                else f"no (the version policy serves {dep['served_versions'] or 'none'})",
+            ),
+            ("backend", f"{dep['backend']} ({dep['format']}), Triton {dep['triton_version']}"),
+            ("signature", _signature(dep["signature"])),
+            *[(f"file {f['path']}", f"{f['size']:,} bytes  sha256 {f['sha256'][:16]}") for f in dep["files"]],
+        ],
+    )
+    _section(
+        lines,
+        "Run",
+        [
+            ("pathspec", run["pathspec"]),
+            ("status", run["status"]),
+            ("user", run["user"]),
+            ("created", run["created_at"]),
+            ("finished", run["finished_at"]),
+            ("tags", ", ".join(run["tags"]) or "-"),
+            ("deployed by", f"{run['task']} (attempt {run['attempt']})"),
+            *[(f"param {k}", v) for k, v in sorted(run["parameters"].items())],
+        ],
+    )
+    dirty = {True: " (uncommitted changes)", False: "", None: ""}[code["uncommitted_changes"]]
+    _section(
+        lines,
+        "Code",
+        [
+            ("git", f"{code['git_commit'] or '-'} on {code['git_branch'] or '-'}{dirty}"),
+            ("script", code["script"]),
+            ("code package", (code["code_package"] or {}).get("url", "-")),
+            ("metaflow", code["metaflow_version"]),
+            ("python", code["python_version"]),
+            ("libraries", ", ".join(f"{k} {v}" for k, v in code["libraries"].items() if v)),
+        ],
+    )
+    _section(
+        lines,
+        "Data",
+        [
+            *[
+                (a["name"], f"sha {a['sha']}  {a.get('size') or '?'} bytes  {a['task']}{_check(a)}")
+                for a in data["artifacts"]
+            ],
+            *[(f"file {f['path']}", f"sha256 {f['sha256']}  {f['size']:,} bytes") for f in data["files"]],
+        ],
+    )
+    params = ", ".join(f"{k}={v}" for k, v in sorted(model["hyperparameters"].items()) if v is not None)
+    _section(
+        lines,
+        "Model",
+        [
+            ("class", f"{model['class']} ({model['library']} {model['library_version']})"),
+            ("hyperparameters", params or "-"),
+            *[(f"metric {k}", v) for k, v in sorted(model["metrics"].items())],
+            ("parity", _parity(model["parity"])),
+        ],
+    )
+    decision = doc["decision"]
+    if decision:
+        winner = decision["winner"]["task"]
+        rows = [
+            (("* " if c["task"] == winner else "  ") + c["label"], f"{_score(c['score'])}  {c['task']}")
+            for c in decision["candidates"]
+        ]
+        _section(lines, f"Decision: {decision['rule']} (* = deployed)", rows)
+    inspect = doc["inspect"]
+    _section(
+        lines,
+        "Inspect (Metaflow Client, after namespace(None))",
+        [("run", inspect["run"]), ("deploying task", inspect["deploy_task"]), ("model", inspect["model"])],
+    )
+    if doc["metaflow"]["notice"]:
+        lines.append(f"note: {doc['metaflow']['notice']}")
+    return "\n".join(lines)
+
+
+def _section(lines: list[str], title: str, rows: list[tuple[str, Any]]) -> None:
+    rows = [(k, v) for k, v in rows if v is not None]
+    if lines:
+        lines.append("")
+    lines.append(title)
+    width = max((len(k) for k, _ in rows), default=0)
+    lines.extend(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _signature(sig: dict[str, Any]) -> str:
+    def tensors(items: list[dict[str, Any]]) -> str:
+        return ", ".join(f"{t['name']} {t['datatype']}{t['dims']}" for t in items)
+
+    return f"{tensors(sig.get('inputs', []))} -> {tensors(sig.get('outputs', []))}"
+
+
+def _check(artifact: dict[str, Any]) -> str:
+    return {True: "  (matches Metaflow)", False: "  (DIFFERS from Metaflow)", None: ""}[
+        artifact["sha_matches_metaflow"]
+    ]
+
+
+def _parity(parity: dict[str, Any] | None) -> str | None:
+    if not parity:
+        return None
+    return f"max |diff| {parity['max_abs_diff']:.2e} <= {parity['tolerance']:g} on {parity['rows']} rows"
+
+
+def _score(score: float | None) -> str:
+    return "   n/a" if score is None else f"{score:.6f}"

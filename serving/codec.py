@@ -1,0 +1,202 @@
+"""KServe v2 / Triton HTTP bodies <-> ndarrays: JSON tensors and the binary tensor data extension.
+
+Decoded once at the edge: past this module the server sees ndarrays, never JSON or raw bytes.
+A binary request is `<JSON header><tensor bytes>...`, the header's length given by the HTTP
+header `Inference-Header-Content-Length`, each binary input sized by `binary_data_size`; the
+response mirrors it for outputs asked for in binary (`binary_data`, `binary_data_output`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tritonflow.serving.datatypes import DATATYPE, NUMPY
+from tritonflow.serving.errors import MalformedRequest, MissingField, Unsupported, UnsupportedEncoding
+
+# Content-Encoding -> zlib wbits ("deflate" is the zlib format, as tritonclient sends it).
+ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_TENSOR = "{name, shape, datatype, data}"
+
+
+@dataclass(slots=True)
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]  # by name, shaped and typed as the request says
+    outputs: dict[str, bool | None] | None  # requested output -> binary? (None: request default); None: all
+    binary_output: bool  # request parameter `binary_data_output`
+
+
+@dataclass(slots=True)
+class InferResponse:
+    id: str | None
+    stamp: dict[str, str]  # model_name, model_version, deployment_id
+    outputs: dict[str, np.ndarray]
+
+
+def decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """Undo a request's Content-Encoding; the decompressed size is held to the same `limit`."""
+    if encoding not in ENCODINGS:
+        raise UnsupportedEncoding(encoding, tuple(ENCODINGS))
+    inflater = zlib.decompressobj(ENCODINGS[encoding])
+    try:
+        data = inflater.decompress(body, limit)
+    except zlib.error as exc:
+        raise MalformedRequest(f"body is not valid {encoding} data: {exc}") from None
+    if inflater.unconsumed_tail:
+        raise MalformedRequest(f"decompressed body is over the limit of {limit} bytes")
+    if not inflater.eof:
+        raise MalformedRequest(f"body ends before its {encoding} data does")
+    return data
+
+
+def decode_request(body: bytes, header_length: int | None) -> InferRequest:
+    """Parse an infer request; every framing or tensor error is a MalformedRequest naming the part."""
+    if header_length is not None and not 0 <= header_length <= len(body):
+        raise MalformedRequest(
+            f"Inference-Header-Content-Length is {header_length}, but the body has {len(body)} bytes"
+        )
+    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
+    try:
+        header = json.loads(body[:header_length] if header_length is not None else body)
+    except ValueError as exc:
+        raise MalformedRequest(f"the inference header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise MalformedRequest("the inference header must be a JSON object")
+    specs = header.get("inputs")
+    if not isinstance(specs, list) or not specs:
+        raise MissingField("inputs", f"a non-empty list of {_TENSOR}")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, spec in enumerate(specs):
+        name, array, offset = _decode_input(i, spec, binary, offset)
+        if name in inputs:
+            raise MalformedRequest(f"input {name!r} is given twice")
+        inputs[name] = array
+    if offset != len(binary):
+        raise MalformedRequest(
+            f"{len(binary) - offset} bytes of binary data follow the inputs' binary_data_size total"
+        )
+    request_id = header.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise MalformedRequest(f"id must be a string, got {request_id!r}")
+    parameters = _object(header.get("parameters"), "parameters")
+    return InferRequest(
+        request_id, inputs, _requested_outputs(header.get("outputs")), _flag(parameters, "binary_data_output")
+    )
+
+
+def _decode_input(i: int, spec: Any, binary: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
+    if not isinstance(spec, dict):
+        raise MalformedRequest(f"inputs[{i}] must be an object {_TENSOR}")
+    name = spec.get("name")
+    if not isinstance(name, str):
+        raise MissingField(f"inputs[{i}].name", "a string")
+    datatype = spec.get("datatype")
+    dtype = NUMPY.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise MalformedRequest(
+            f"input {name!r}: datatype {datatype!r} is not served: expected one of {', '.join(NUMPY)}"
+        )
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise MissingField(f"input {name!r} shape", "a list of non-negative integers")
+    parameters = _object(spec.get("parameters"), f"input {name!r} parameters")
+    if "shared_memory_region" in parameters:
+        raise Unsupported("shared memory")
+    count = math.prod(shape)
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        expected = count * dtype.itemsize
+        if "data" in spec:
+            raise MalformedRequest(f"input {name!r} has both data and binary_data_size: give one")
+        if type(size) is not int or size != expected:
+            raise MalformedRequest(
+                f"input {name!r}: binary_data_size is {size!r}, but shape {shape} of {datatype} "
+                f"takes {expected} bytes"
+            )
+        if offset + size > len(binary):
+            raise MalformedRequest(
+                f"input {name!r} needs {size} bytes of binary data at offset {offset}, "
+                f"but only {len(binary) - offset} are left"
+            )
+        array = np.frombuffer(binary, dtype, count, offset)
+        # NOTE: the JSON header's length puts tensors at any byte offset; engines want aligned data.
+        if not array.flags.aligned:
+            array = array.copy()
+        return name, array.reshape(shape), offset + size
+    data = spec.get("data")
+    if data is None:
+        raise MissingField(f"input {name!r} data", "'data' (flat or nested) or parameters.binary_data_size")
+    try:
+        array = np.asarray(data, dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise MalformedRequest(f"input {name!r}: data is not {datatype}: {exc}") from None
+    if array.size != count:
+        raise MalformedRequest(f"input {name!r}: data has {array.size} values, shape {shape} takes {count}")
+    return name, array.reshape(shape), offset
+
+
+def _requested_outputs(specs: Any) -> dict[str, bool | None] | None:
+    if specs is None:
+        return None
+    if not isinstance(specs, list):
+        raise MalformedRequest("outputs must be a list of {name, parameters}")
+    outputs: dict[str, bool | None] = {}
+    for i, spec in enumerate(specs):
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if not isinstance(name, str):
+            raise MissingField(f"outputs[{i}].name", "a string")
+        parameters = _object(spec.get("parameters"), f"output {name!r} parameters")
+        if "classification" in parameters:
+            raise Unsupported("the classification extension")
+        if "shared_memory_region" in parameters:
+            raise Unsupported("shared memory")
+        outputs[name] = _flag(parameters, "binary_data") if "binary_data" in parameters else None
+    return outputs
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MalformedRequest(f"{what} must be a JSON object")
+    return value
+
+
+def _flag(parameters: dict[str, Any], key: str) -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise MalformedRequest(f"parameter {key} must be true or false, got {value!r}")
+    return value
+
+
+def encode_response(response: InferResponse, request: InferRequest) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it."""
+    wanted = request.outputs
+    outputs, chunks = [], []
+    for name, array in response.outputs.items():
+        binary = wanted.get(name) if wanted else None
+        entry: dict[str, Any] = {"name": name, "datatype": DATATYPE[array.dtype], "shape": list(array.shape)}
+        if request.binary_output if binary is None else binary:
+            raw = array.tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = array.ravel().tolist()
+        outputs.append(entry)
+    stamp = response.stamp
+    body: dict[str, Any] = {"model_name": stamp["model_name"], "model_version": stamp["model_version"]}
+    if response.id is not None:
+        body["id"] = response.id
+    body["parameters"] = {"deployment_id": stamp["deployment_id"]}
+    body["outputs"] = outputs
+    header = json.dumps(body, separators=(",", ":")).encode()
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)

@@ -1,0 +1,188 @@
+"""What the server does, apart from any transport: infer, readiness, metadata, stats, lineage, repository.
+
+Infer resolves name@version, checks the decoded inputs against that version's config, submits
+them to the version's batcher, stamps the response and counts. Anything a request gets wrong is
+a ServingError; once the version is resolved, the error carries its stamp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from time import perf_counter_ns
+from typing import Any
+
+import numpy as np
+
+from tritonflow import __version__
+from tritonflow.lineage import layout
+from tritonflow.lineage.errors import NotFound
+from tritonflow.lineage.report import lineage_document
+from tritonflow.lineage.runs import live_run
+from tritonflow.serving.codec import InferRequest, InferResponse
+from tritonflow.serving.datatypes import DATATYPE
+from tritonflow.serving.errors import (
+    BadBatchSize,
+    InvalidVersion,
+    MalformedRequest,
+    MissingInputs,
+    ModelNotFound,
+    ServingError,
+    UnknownTensor,
+    WrongDatatype,
+    WrongShape,
+)
+from tritonflow.serving.metrics import VersionStats, create_registry, exposition
+from tritonflow.serving.model_config import to_json
+from tritonflow.serving.registry import ModelVersion, Registry, Tensor
+
+EXTENSIONS = [
+    "binary_tensor_data",
+    "parameters",
+    "model_configuration",
+    "model_repository",
+    "statistics",
+    "tritonflow_lineage",
+]
+
+
+class DataPlane:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.ready = False  # set once the repository is loaded, cleared on shutdown
+        self._metrics = create_registry(self._stats)
+
+    # -- inference -----------------------------------------------------------------------------
+    async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
+        started = perf_counter_ns()
+        target = self.registry.resolve(model, version)
+        target.acquire()  # NOTE: no await between resolve and acquire: a swap cannot unload it
+        try:
+            rows = _check_inputs(target, request.inputs)
+            wanted = _check_outputs(target, request.outputs)
+            submitted = perf_counter_ns()
+            outputs, execution = await target.batcher.submit(request.inputs, rows)
+            target.stats.record_success(started, submitted, execution)
+        except Exception as exc:
+            target.stats.record_failure(started)
+            if isinstance(exc, ServingError):
+                exc.stamp = target.stamp
+            raise
+        finally:
+            target.release()
+        if wanted is not None:
+            outputs = {name: outputs[name] for name in wanted}
+        return InferResponse(request.id, target.stamp, outputs)
+
+    # -- health and metadata ---------------------------------------------------------------------
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "tritonflow", "version": __version__, "extensions": EXTENSIONS}
+
+    def model_ready(self, model: str, version: str | None) -> None:
+        """Returns if ready; raises ModelNotFound saying why not."""
+        self.registry.resolve(model, version)
+
+    def model_metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        target = self.registry.resolve(model, version)
+        config = target.config
+        batch = [-1] if target.max_batch_size > 0 else []
+        return {
+            "name": model,
+            "versions": [str(v) for v in sorted(self.registry.models[model].versions)],
+            "platform": config.platform or config.backend,
+            "backend": config.backend or config.platform,
+            "inputs": [_tensor_json(t, batch) for t in target.inputs.values()],
+            "outputs": [_tensor_json(t, batch) for t in target.outputs.values()],
+            "engine": target.backend.engine,
+            "deployment_id": target.record.deployment_id,
+        }
+
+    def model_config(self, model: str, version: str | None) -> dict[str, Any]:
+        return to_json(self.registry.resolve(model, version).config)
+
+    def model_stats(self, model: str | None, version: str | None) -> dict[str, Any]:
+        """Triton's statistics: one version, every version of a model, or every model."""
+        if model is None:
+            targets = self.registry.serving()
+        elif version:
+            targets = [self.registry.resolve(model, version)]
+        else:
+            self.registry.resolve(model, None)
+            targets = list(self.registry.models[model].versions.values())
+        return {"model_stats": [t.stats.to_json(t.name, t.version) for t in targets]}
+
+    def metrics(self) -> bytes:
+        return exposition(self._metrics)
+
+    async def lineage(self, model: str, version: str) -> dict[str, Any]:
+        """The version's lineage document: the same JSON as `tritonflow lineage <id> --json`."""
+        number = layout.parse_version(version)
+        if number is None:
+            raise InvalidVersion(version)
+        serving = self.registry.models.get(model)
+        if serving is not None and number in serving.versions:
+            record = serving.versions[number].record
+        else:
+            try:
+                record = await asyncio.to_thread(self.registry.repository.read_record, model, number)
+            except NotFound:
+                raise ModelNotFound(model, number, None) from None
+        served = sorted(serving.versions) if serving is not None else []
+        # NOTE: the live Metaflow lookup imports metaflow on first use and reads its metadata: off the loop.
+        live = await asyncio.to_thread(live_run, record)
+        return lineage_document(record, live, served)
+
+    # -- the repository API ------------------------------------------------------------------------
+    def repository_index(self, ready_only: bool) -> list[dict[str, str]]:
+        rows = self.registry.index()
+        return [r for r in rows if r["state"] == "READY"] if ready_only else rows
+
+    async def load(self, model: str) -> None:
+        await self.registry.load(model, requested=True)
+
+    async def unload(self, model: str) -> None:
+        await self.registry.unload(model)
+
+    def _stats(self) -> list[tuple[str, int, VersionStats]]:
+        return [(t.name, t.version, t.stats) for t in self.registry.serving()]
+
+
+def _check_inputs(target: ModelVersion, inputs: dict[str, np.ndarray]) -> int:
+    """The request's rows, once every input has the config's name, datatype and shape."""
+    batched = target.max_batch_size > 0
+    rows = 1
+    for i, (name, array) in enumerate(inputs.items()):
+        spec = target.inputs.get(name)
+        if spec is None:
+            raise UnknownTensor("input", name, target.label, list(target.inputs))
+        if array.dtype != spec.dtype:
+            raise WrongDatatype(name, target.label, DATATYPE[array.dtype], spec.datatype)
+        dims = array.shape[1:] if batched else array.shape
+        if len(dims) != len(spec.dims) or any(
+            e != -1 and d != e for d, e in zip(dims, spec.dims, strict=True)
+        ):
+            raise WrongShape(
+                name, target.label, list(array.shape), [-1, *spec.dims] if batched else list(spec.dims)
+            )
+        if batched:
+            if i and array.shape[0] != rows:
+                raise MalformedRequest(f"the inputs of model {target.label} have different batch sizes")
+            rows = array.shape[0]
+    if len(inputs) != len(target.inputs):
+        raise MissingInputs(target.label, [n for n in target.inputs if n not in inputs])
+    if batched and not 0 < rows <= target.max_batch_size:
+        raise BadBatchSize(target.label, rows, target.max_batch_size)
+    return rows
+
+
+def _check_outputs(target: ModelVersion, requested: dict[str, bool | None] | None) -> list[str] | None:
+    """The outputs to answer with, in the order asked; None: every output."""
+    if not requested:
+        return None
+    for name in requested:
+        if name not in target.outputs:
+            raise UnknownTensor("output", name, target.label, list(target.outputs))
+    return list(requested)
+
+
+def _tensor_json(tensor: Tensor, batch: list[int]) -> dict[str, Any]:
+    return {"name": tensor.name, "datatype": tensor.datatype, "shape": [*batch, *tensor.dims]}

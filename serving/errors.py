@@ -1,0 +1,150 @@
+"""Errors a client can act on: one base carrying the HTTP status, typed subclasses, one renderer.
+
+Subclasses build their message from typed arguments so that every error says what was expected.
+An error raised after the model version is resolved carries that version's stamp, so a client
+sees which deployment refused it (header `x-deployment-id` and the body's `deployment_id`).
+"""
+
+from __future__ import annotations
+
+import json
+
+from tritonflow.lineage.errors import TritonflowError
+
+Headers = list[tuple[bytes, bytes]]
+JSON_TYPE = (b"content-type", b"application/json")
+
+
+class ServingError(TritonflowError):
+    """A request the server cannot serve; `status` is the HTTP status it answers with."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        #: model_name, model_version and deployment_id of the version that raised it, once resolved
+        self.stamp: dict[str, str] | None = None
+
+
+class MalformedRequest(ServingError):
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"malformed request: {detail}")
+
+
+class MissingField(ServingError):
+    def __init__(self, field: str, expected: str) -> None:
+        super().__init__(f"malformed request: missing {field}: expected {expected}")
+
+
+class Unsupported(ServingError):
+    def __init__(self, feature: str) -> None:
+        super().__init__(f"{feature} is not supported by this server")
+
+
+class RequestTooLarge(ServingError):
+    status = 413
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"request body of {size} bytes is over the limit of {limit} bytes "
+            "(split the batch, or start the server with a larger --max-request-bytes)"
+        )
+
+
+class UnsupportedEncoding(ServingError):
+    status = 415
+
+    def __init__(self, encoding: str, supported: tuple[str, ...]) -> None:
+        super().__init__(f"Content-Encoding {encoding!r} is not supported: use one of {', '.join(supported)}")
+
+
+class RouteNotFound(ServingError):
+    status = 404
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(f"no endpoint {method} {path} (see the KServe v2 / Triton HTTP API)")
+
+
+class MethodNotAllowed(ServingError):
+    status = 405
+
+    def __init__(self, method: str, path: str, allowed: list[str]) -> None:
+        super().__init__(f"{method} is not allowed on {path}: use {' or '.join(allowed)}")
+
+
+class ModelNotFound(ServingError):
+    status = 404
+
+    def __init__(self, name: str, version: int | None = None, reason: str | None = None) -> None:
+        what = f"model {name!r}" if version is None else f"model {name!r} version {version}"
+        super().__init__(f"{what} is not available: {reason}" if reason else f"unknown {what}")
+
+
+class InvalidVersion(ServingError):
+    def __init__(self, text: str) -> None:
+        super().__init__(f"model version {text!r} is not a version number: expected a positive integer")
+
+
+class UnknownTensor(ServingError):
+    def __init__(self, kind: str, name: str, model: str, expected: list[str]) -> None:
+        super().__init__(f"unknown {kind} {name!r} for model {model}: expected {kind}s {', '.join(expected)}")
+
+
+class MissingInputs(ServingError):
+    def __init__(self, model: str, missing: list[str]) -> None:
+        super().__init__(f"model {model} needs inputs {', '.join(missing)}, which the request does not have")
+
+
+class WrongDatatype(ServingError):
+    def __init__(self, name: str, model: str, got: str, expected: str) -> None:
+        super().__init__(f"input {name!r} of model {model} has datatype {got}: expected {expected}")
+
+
+class WrongShape(ServingError):
+    def __init__(self, name: str, model: str, got: list[int], expected: list[int]) -> None:
+        super().__init__(
+            f"input {name!r} of model {model} has shape {got}: expected {expected} (-1: any size)"
+        )
+
+
+class BadBatchSize(ServingError):
+    def __init__(self, model: str, rows: int, limit: int) -> None:
+        super().__init__(f"request for model {model} has {rows} rows: expected 1 to {limit} (max_batch_size)")
+
+
+class LoadFailed(ServingError):
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"failed to load model {name!r}: {reason}")
+
+
+class ServerNotReady(ServingError):
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("the server is starting or shutting down")
+
+
+class InferenceFailed(ServingError):
+    """The engine failed on a request that passed every check: a server-side fault, logged."""
+
+    status = 500
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(f"inference failed in model {model}: {reason}")
+
+
+class InternalError(ServingError):
+    status = 500
+
+    def __init__(self) -> None:
+        super().__init__("internal server error (the server log has the traceback)")
+
+
+def render(exc: ServingError) -> tuple[int, bytes, Headers]:
+    """The one translation of an error into a Triton-style `{"error": ...}` response."""
+    body: dict[str, str] = {"error": str(exc)}
+    headers = [JSON_TYPE]
+    if exc.stamp is not None:
+        body.update(exc.stamp)
+        headers.append((b"x-deployment-id", exc.stamp["deployment_id"].encode()))
+    return exc.status, json.dumps(body).encode(), headers

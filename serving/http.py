@@ -1,0 +1,258 @@
+"""KServe v2 / Triton HTTP over raw ASGI: every URL in one flat list, handlers that only translate.
+
+No framework on the hot path: a list of compiled patterns, the body read with a size limit, one
+error handler. The logic lives in the data plane; the tensor formats in the codec.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from tritonflow.serving import codec
+from tritonflow.serving.batcher import Traffic
+from tritonflow.serving.dataplane import DataPlane
+from tritonflow.serving.errors import (
+    JSON_TYPE,
+    Headers,
+    InternalError,
+    MalformedRequest,
+    MethodNotAllowed,
+    RequestTooLarge,
+    RouteNotFound,
+    ServerNotReady,
+    ServingError,
+    render,
+)
+
+log = logging.getLogger("tritonflow.serving")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class Request:
+    params: dict[str, str]  # from the URL: model, version
+    headers: dict[bytes, bytes]  # lower-case names
+    body: bytes
+
+
+class Response(NamedTuple):
+    status: int
+    body: bytes
+    headers: Headers
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(status, json.dumps(data).encode(), [JSON_TYPE])
+
+
+EMPTY = Response(200, b"", [])
+
+
+# -- handlers -------------------------------------------------------------------------------------
+async def infer(plane: DataPlane, req: Request) -> Response:
+    length = req.headers.get(b"inference-header-content-length")
+    try:
+        header_length = int(length) if length is not None else None
+    except ValueError:
+        raise MalformedRequest(f"Inference-Header-Content-Length {length!r} is not a number") from None
+    request = codec.decode_request(req.body, header_length)
+    response = await plane.infer(req.params["model"], req.params.get("version"), request)
+    body, json_length = codec.encode_response(response, request)
+    headers = [(b"x-deployment-id", response.stamp["deployment_id"].encode())]
+    if json_length is None:
+        headers.append(JSON_TYPE)
+    else:
+        headers.append((b"content-type", b"application/octet-stream"))
+        headers.append((b"inference-header-content-length", str(json_length).encode()))
+    return Response(200, body, headers)
+
+
+async def live(plane: DataPlane, req: Request) -> Response:
+    return EMPTY
+
+
+async def ready(plane: DataPlane, req: Request) -> Response:
+    if not plane.ready:
+        raise ServerNotReady()
+    return EMPTY
+
+
+async def server_metadata(plane: DataPlane, req: Request) -> Response:
+    return json_response(plane.server_metadata())
+
+
+async def model_metadata(plane: DataPlane, req: Request) -> Response:
+    return json_response(plane.model_metadata(req.params["model"], req.params.get("version")))
+
+
+async def model_ready(plane: DataPlane, req: Request) -> Response:
+    plane.model_ready(req.params["model"], req.params.get("version"))
+    return EMPTY
+
+
+async def model_config(plane: DataPlane, req: Request) -> Response:
+    return json_response(plane.model_config(req.params["model"], req.params.get("version")))
+
+
+async def model_stats(plane: DataPlane, req: Request) -> Response:
+    return json_response(plane.model_stats(req.params.get("model"), req.params.get("version")))
+
+
+async def lineage(plane: DataPlane, req: Request) -> Response:
+    return json_response(await plane.lineage(req.params["model"], req.params["version"]))
+
+
+async def metrics(plane: DataPlane, req: Request) -> Response:
+    return Response(200, plane.metrics(), [(b"content-type", CONTENT_TYPE_LATEST.encode())])
+
+
+async def repository_index(plane: DataPlane, req: Request) -> Response:
+    options = _json_body(req)
+    return json_response(plane.repository_index(options.get("ready") is True))
+
+
+async def load(plane: DataPlane, req: Request) -> Response:
+    parameters = _json_body(req).get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise MalformedRequest("parameters must be a JSON object")
+    if any(key == "config" or key.startswith("file:") for key in parameters):
+        raise MalformedRequest("load with a config or files override is not supported: publish them")
+    await plane.load(req.params["model"])
+    return EMPTY
+
+
+async def unload(plane: DataPlane, req: Request) -> Response:
+    await plane.unload(req.params["model"])
+    return EMPTY
+
+
+def _json_body(req: Request) -> dict[str, Any]:
+    """The optional JSON object of a repository request."""
+    if not req.body.strip():
+        return {}
+    try:
+        data = json.loads(req.body)
+    except ValueError as exc:
+        raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MalformedRequest("the body must be a JSON object")
+    return data
+
+
+Handler = Callable[[DataPlane, Request], Awaitable[Response]]
+
+# Every URL. Inference first: the router tries the patterns in order.
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("POST", "/v2/models/{model}/infer", infer),
+    ("POST", "/v2/models/{model}/versions/{version}/infer", infer),
+    ("GET", "/v2/health/live", live),
+    ("GET", "/v2/health/ready", ready),
+    ("GET", "/v2", server_metadata),
+    ("GET", "/metrics", metrics),
+    ("GET", "/v2/models/stats", model_stats),
+    ("GET", "/v2/models/{model}", model_metadata),
+    ("GET", "/v2/models/{model}/versions/{version}", model_metadata),
+    ("GET", "/v2/models/{model}/ready", model_ready),
+    ("GET", "/v2/models/{model}/versions/{version}/ready", model_ready),
+    ("GET", "/v2/models/{model}/config", model_config),
+    ("GET", "/v2/models/{model}/versions/{version}/config", model_config),
+    ("GET", "/v2/models/{model}/stats", model_stats),
+    ("GET", "/v2/models/{model}/versions/{version}/stats", model_stats),
+    ("GET", "/v2/models/{model}/versions/{version}/lineage", lineage),
+    ("POST", "/v2/repository/index", repository_index),
+    ("POST", "/v2/repository/models/{model}/load", load),
+    ("POST", "/v2/repository/models/{model}/unload", unload),
+]
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    return re.compile(re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "/?")
+
+
+# -- the ASGI app --------------------------------------------------------------------------------
+class Router:
+    """Matches a URL to its handler, reads the body, and turns every error into a response."""
+
+    def __init__(self, plane: DataPlane, max_request_bytes: int, traffic: Traffic) -> None:
+        self.plane = plane
+        self.max_request_bytes = max_request_bytes
+        self.traffic = traffic
+        self._routes = [(method, _compile(template), handler) for method, template, handler in ROUTES]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.traffic.active += 1
+        try:
+            response = await self._respond(scope, receive)
+            if response is not None:
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status,
+                        "headers": [(b"content-length", str(len(response.body)).encode()), *response.headers],
+                    }
+                )
+                await send({"type": "http.response.body", "body": response.body})
+        finally:
+            self.traffic.active -= 1
+
+    async def _respond(self, scope: Scope, receive: Receive) -> Response | None:
+        """The response to send; None when the client went away before sending its body."""
+        method, path = scope["method"], scope["path"]
+        try:
+            handler, params = self._match(method, path)
+            headers = dict(scope["headers"])
+            body = await self._body(headers, receive)
+            if body is None:
+                return None
+            return await handler(self.plane, Request(params, headers, body))
+        except ServingError as exc:
+            return Response(*render(exc))
+        except Exception:
+            log.exception("unexpected error in %s %s", method, path)
+            return Response(*render(InternalError()))
+
+    def _match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        allowed = []
+        for route_method, pattern, handler in self._routes:
+            match = pattern.fullmatch(path)
+            if match is not None:
+                if route_method == method:
+                    return handler, match.groupdict()
+                allowed.append(route_method)
+        if allowed:
+            raise MethodNotAllowed(method, path, sorted(set(allowed)))
+        raise RouteNotFound(method, path)
+
+    async def _body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes | None:
+        """The request body, refused past the limit (Content-Length first, then as it streams)."""
+        limit = self.max_request_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise RequestTooLarge(int(declared), limit)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge(size, limit)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        encoding = headers.get(b"content-encoding")
+        if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+            body = codec.decompress(body, encoding.decode("latin-1").strip().lower(), limit)
+        return body

@@ -1,0 +1,331 @@
+"""Repositories of small models trained here and published as @deploy does, and the real server on them.
+
+The server is the `tritonflow serve` command in a subprocess on a free loopback port; tests talk
+to it with the unmodified tritonclient.http client or raw http.client.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import sklearn
+import treelite
+import tritonclient.http as httpclient
+from sklearn.datasets import make_classification
+from sklearn.ensemble import RandomForestClassifier
+
+from tritonflow.lineage.records import DeploymentRecord, sha256_hex, utc_now
+from tritonflow.lineage.repository import ModelRepository
+from tritonflow.serving.model_config import ConfigSpec, ModelConfig, TensorSpec, build_config, render
+
+N_FEATURES = 8
+TRITON_VERSION = "26.06"
+PROBA_ATOL = 1e-5
+
+
+# -- models ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Trained:
+    """A fitted classifier and the files a version folder holds for it."""
+
+    estimator: RandomForestClassifier
+    files: dict[str, bytes]
+    backend: str  # "fil" | "onnxruntime"
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        return self.estimator.predict_proba(X)
+
+
+@cache
+def data() -> tuple[np.ndarray, np.ndarray]:
+    X, y = make_classification(400, N_FEATURES, n_informative=5, random_state=0)
+    return X.astype(np.float32), y
+
+
+@cache
+def forest(seed: int = 0) -> Trained:
+    """A small random forest as a Treelite checkpoint (Triton FIL `treelite_checkpoint`)."""
+    est = RandomForestClassifier(n_estimators=20, max_depth=6, random_state=seed).fit(*data())
+    return Trained(est, {"checkpoint.tl": treelite.sklearn.import_model(est).serialize_bytes()}, "fil")
+
+
+@cache
+def onnx_forest() -> Trained:
+    """The same kind of forest as ONNX with two outputs: `label` (INT64) and `probabilities` (FP32)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    est = forest(1).estimator
+    graph = convert_sklearn(
+        est, initial_types=[("input__0", FloatTensorType([None, N_FEATURES]))], options={"zipmap": False}
+    )
+    return Trained(est, {"model.onnx": graph.SerializeToString()}, "onnxruntime")
+
+
+def config_for(
+    name: str,
+    trained: Trained,
+    *,
+    max_batch_size: int = 1024,
+    queue_delay_us: int | None = 100,
+    preferred: tuple[int, ...] = (),
+    latest: int = 1,
+    policy: str | None = None,
+    specific: tuple[int, ...] = (),
+) -> ModelConfig:
+    """A complete config as build_config writes it; queue_delay_us None: no dynamic batching;
+    max_batch_size 0: tensors without a batch dimension (their dims start with -1 instead)."""
+    rows = () if max_batch_size else (-1,)
+    if trained.backend == "fil":
+        outputs: tuple[TensorSpec, ...] = (TensorSpec("output__0", "FP32", (*rows, 2)),)
+        parameters = {
+            "model_type": "treelite_checkpoint",
+            "is_classifier": "true",
+            "predict_proba": "true",
+            "threshold": "0.5",
+        }
+    else:
+        label = TensorSpec("label", "INT64", rows or (1,))
+        outputs = (label, TensorSpec("probabilities", "FP32", (*rows, 2)))
+        parameters = {}
+    spec = ConfigSpec(
+        name=name,
+        backend=trained.backend,
+        inputs=(TensorSpec("input__0", "FP32", (*rows, N_FEATURES)),),
+        outputs=outputs,
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=queue_delay_us or 0,
+        parameters=parameters,
+        latest_versions=latest,
+    )
+    config = build_config(spec)
+    if queue_delay_us is None:
+        config.ClearField("dynamic_batching")
+    elif preferred:
+        config.dynamic_batching.preferred_batch_size.extend(preferred)
+    if policy == "all":
+        config.version_policy.all.SetInParent()
+    elif policy == "specific":
+        config.version_policy.specific.versions.extend(specific)
+    return config
+
+
+def make_record(
+    repo: ModelRepository, name: str, config_text: str, trained: Trained, run_id: str
+) -> Callable[[int], DeploymentRecord]:
+    """A realistic record, as the @deploy decorator writes it, for the version publish claims."""
+
+    def make(version: int) -> DeploymentRecord:
+        task = f"TestFlow/{run_id}/select/7"
+        return DeploymentRecord(
+            deployment_id=f"{name}:{version}@TestFlow/{run_id}",
+            model_name=name,
+            version=version,
+            created_at=utc_now(),
+            repository=repo.uri,
+            files=[
+                {"path": f"{version}/{file}", "sha256": sha256_hex(blob), "size": len(blob)}
+                for file, blob in sorted(trained.files.items())
+            ],
+            format="treelite" if trained.backend == "fil" else "onnx",
+            backend=trained.backend,
+            config={"sha256": sha256_hex(config_text.encode()), "text_length": len(config_text)},
+            signature={
+                "n_features": N_FEATURES,
+                "feature_names": [f"f{i}" for i in range(N_FEATURES)],
+                "inputs": [{"name": "input__0", "datatype": "FP32", "dims": [N_FEATURES]}],
+            },
+            triton_version=TRITON_VERSION,
+            exporter={"treelite": treelite.__version__, "scikit-learn": sklearn.__version__},
+            metaflow={
+                "flow": "TestFlow",
+                "run_id": run_id,
+                "step": "select",
+                "task": task,
+                "user": "tester",
+                "tags": ["serving-tests"],
+                "git": {"commit_sha": "0" * 40, "branch_name": "main", "has_uncommitted_changes": False},
+                "metaflow_version": "2.19.0",
+                "python_version": sys.version.split()[0],
+            },
+            data=[{"name": "train", "sha": sha256_hex(data()[0].tobytes()), "size": 1, "task": task}],
+            metrics={"accuracy": 0.9},
+            model={
+                "class": "sklearn.ensemble.RandomForestClassifier",
+                "hyperparameters": {"n_estimators": 20, "max_depth": 6},
+            },
+            selection={
+                "rule": "max:accuracy",
+                "winner": {"label": "forest", "score": 0.9, "task": task, "index": 0},
+                "candidates": [{"label": "forest", "score": 0.9, "task": task, "index": 0}],
+            },
+        )
+
+    return make
+
+
+def publish(
+    uri: str | Path,
+    name: str,
+    trained: Trained,
+    config: ModelConfig | None = None,
+    *,
+    run_id: str = "1795314379884117",
+    files: dict[str, bytes] | None = None,
+) -> DeploymentRecord:
+    """Publish one version as the plugin does: claim, config, files, the record last."""
+    repo = ModelRepository(str(uri))
+    text = render(config or config_for(name, trained))
+    return repo.publish(
+        name,
+        text,
+        trained.files if files is None else files,
+        make_record(repo, name, text, trained, run_id),
+        owner={"run": f"TestFlow/{run_id}"},
+    )
+
+
+# -- the server -----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m tritonflow serve` in a subprocess; stopped with SIGTERM, log kept for assertions."""
+
+    def __init__(self, repository: str | Path, workdir: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        self.log = workdir / f"server-{self.port}.log"
+        command = [
+            *(sys.executable, "-m", "tritonflow", "serve", str(repository)),
+            *("--port", str(self.port), "--poll-interval", "0.2", "--cache-dir", str(workdir / "cache")),
+            *args,
+        ]
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy()
+            )
+        self.client = httpclient.InferenceServerClient(self.url)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_text()}")
+            try:
+                if self.request("GET", "/v2/health/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server not ready within {timeout} s:\n{self.log_text()}")
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One raw HTTP request on a fresh connection: status, headers (lower-case), body."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str, body: Any = None) -> Any:
+        status, _, raw = self.request(method, path, None if body is None else json.dumps(body).encode())
+        assert status == 200, raw
+        return json.loads(raw) if raw else None
+
+    def index(self) -> list[dict[str, str]]:
+        return self.json("POST", "/v2/repository/index")
+
+    def index_row(self, model: str, version: int) -> dict[str, str]:
+        """The repository index's row of one version; {} when it is not listed."""
+        rows = [r for r in self.index() if (r["name"], r["version"]) == (model, str(version))]
+        return rows[0] if rows else {}
+
+    def wait_for_state(self, model: str, version: int, state: str) -> dict[str, str]:
+        """Wait until the index lists the version in `state`; its row."""
+        wait_for(
+            lambda: self.index_row(model, version).get("state") == state, what=f"{model}:{version} {state}"
+        )
+        return self.index_row(model, version)
+
+    def metric(self, name: str, model: str, version: int | str) -> float:
+        text = self.request("GET", "/metrics")[2].decode()
+        match = re.search(rf'^{name}{{model="{model}",version="{version}"}} (\S+)$', text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.client.close()
+        return self.process.returncode
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll until `predicate()` is truthy; its value, or a failure after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """serve(repository, *args) -> a running Server; each is stopped after the test, which fails
+    if the server logged a traceback (an unexpected 500) or did not stop cleanly."""
+    yield from _servers(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def serve_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
+    """`serve` for servers shared by a module's tests."""
+    yield from _servers(tmp_path_factory.mktemp("server"))
+
+
+def _servers(workdir: Path) -> Iterator[Callable[..., Server]]:
+    started: list[Server] = []
+
+    def start(repository: str | Path, *args: str) -> Server:
+        started.append(Server(repository, workdir, *args))
+        return started[-1]
+
+    yield start
+    for server in started:
+        code = server.stop()
+        log = server.log_text()
+        assert "Traceback" not in log, log
+        # NOTE: uvicorn re-raises SIGTERM once it has shut down gracefully, so the exit is by that signal.
+        assert code in (0, -signal.SIGTERM) and "Application shutdown complete" in log, log

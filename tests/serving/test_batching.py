@@ -1,0 +1,165 @@
+"""Dynamic batching: concurrent requests merge into fewer engine calls, each gets its own rows back.
+
+Over HTTP against the server, and on the Batcher itself with a real worker thread and event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import N_FEATURES, PROBA_ATOL, Server, config_for, data, forest, publish
+
+from tritonflow.serving.batcher import Batcher, BatchPolicy, Execution, Traffic
+from tritonflow.serving.errors import InferenceFailed
+
+
+@pytest.fixture(scope="module")
+def server(serve_module, tmp_path_factory) -> Server:
+    root = tmp_path_factory.mktemp("batching") / "repo"
+    root.mkdir()
+    rf = forest()
+    publish(root, "batched-rf", rf, config_for("batched-rf", rf, max_batch_size=64, queue_delay_us=20_000))
+    publish(root, "direct-rf", rf, config_for("direct-rf", rf, queue_delay_us=None))
+    return serve_module(root)
+
+
+def concurrent_infer(server: Server, model: str, sizes: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One request per size, all sent at once from their own connections: (rows, outputs) each."""
+    X = data()[0]
+    starts = np.cumsum([0, *sizes[:-1]])
+    results: list[tuple[np.ndarray, np.ndarray] | BaseException] = [ValueError("no answer")] * len(sizes)
+    barrier = threading.Barrier(len(sizes))
+
+    def send(i: int) -> None:
+        x = X[starts[i] : starts[i] + sizes[i]]
+        body = json.dumps(
+            {"inputs": [{"name": "input__0", "shape": list(x.shape), "datatype": "FP32", "data": x.tolist()}]}
+        )
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            conn.connect()
+            barrier.wait()
+            conn.request("POST", f"/v2/models/{model}/infer", body)
+            response = conn.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == 200, answer
+            out = answer["outputs"][0]
+            results[i] = (x, np.asarray(out["data"], np.float32).reshape(out["shape"]))
+        except BaseException as exc:
+            results[i] = exc
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(sizes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+def test_concurrent_requests_share_engine_calls_and_get_their_own_rows(server):
+    sizes = [1 + i % 4 for i in range(24)]
+    executions = server.metric("nv_inference_exec_count", "batched-rf", 1)
+    inferences = server.metric("nv_inference_count", "batched-rf", 1)
+    requests = 0
+    for _ in range(3):
+        for x, out in concurrent_infer(server, "batched-rf", sizes):
+            np.testing.assert_allclose(out, forest().proba(x), atol=PROBA_ATOL)
+        requests += len(sizes)
+    calls = server.metric("nv_inference_exec_count", "batched-rf", 1) - executions
+    assert 0 < calls < requests / 2, f"{calls} engine calls for {requests} requests"
+    assert server.metric("nv_inference_count", "batched-rf", 1) - inferences == 3 * sum(sizes)
+    stats = server.client.get_inference_statistics("batched-rf")["model_stats"][0]
+    assert max(b["batch_size"] for b in stats["batch_stats"]) > 4  # more rows than any one request
+    assert all(b["batch_size"] <= 64 for b in stats["batch_stats"])
+
+
+def test_without_dynamic_batching_each_request_is_its_own_engine_call(server):
+    executions = server.metric("nv_inference_exec_count", "direct-rf", 1)
+    for x, out in concurrent_infer(server, "direct-rf", [2] * 12):
+        np.testing.assert_allclose(out, forest().proba(x), atol=PROBA_ATOL)
+    assert server.metric("nv_inference_exec_count", "direct-rf", 1) - executions == 12
+
+
+# -- the Batcher on its own --------------------------------------------------------------------------
+def double(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"y": inputs["x"] * 2}
+
+
+def policy(max_rows: int = 8, preferred: tuple[int, ...] = (), delay_s: float = 0.0) -> BatchPolicy:
+    return BatchPolicy(max_rows, max(preferred, default=max_rows), frozenset(preferred), int(delay_s * 1e9))
+
+
+async def run_batch(
+    batch_policy: BatchPolicy | None, sizes: list[int], active: int, predict=double
+) -> tuple[list[np.ndarray | BaseException], list[Execution], float]:
+    """Submit one request per size at once; their outputs (or errors), the engine calls, the time taken."""
+    executions: list[Execution] = []
+    traffic = Traffic()
+    traffic.active = active  # requests the server is handling: the batcher waits only if others could join
+    batcher = Batcher("test:1", predict, batch_policy, executions.append, traffic, asyncio.get_running_loop())
+    inputs = [
+        np.arange(n * N_FEATURES, dtype=np.float32).reshape(n, N_FEATURES) + 1000 * i
+        for i, n in enumerate(sizes)
+    ]
+    started = time.perf_counter()
+    futures = [batcher.submit({"x": x}, len(x)) for x in inputs]
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    elapsed = time.perf_counter() - started
+    batcher.close(then=lambda: None)
+    batcher.join(5)
+    outputs = [r if isinstance(r, BaseException) else r[0]["y"] for r in results]
+    for x, out in zip(inputs, outputs, strict=True):
+        if not isinstance(out, BaseException):
+            np.testing.assert_array_equal(out, x * 2)  # each request gets its own rows back
+    return outputs, executions, elapsed
+
+
+def test_batcher_merges_up_to_max_rows_and_splits_by_offsets():
+    outputs, executions, _ = asyncio.run(run_batch(policy(max_rows=8, delay_s=0.05), [3, 2, 4, 1, 5, 2], 6))
+    assert sum(e.rows for e in executions) == 17
+    assert all(e.rows <= 8 for e in executions)
+    assert len(executions) < 6
+
+
+def test_batcher_runs_a_preferred_size_without_waiting_out_the_delay():
+    _, executions, elapsed = asyncio.run(run_batch(policy(preferred=(4,), delay_s=5.0), [1, 1, 1, 1], 10))
+    assert [e.rows for e in executions] == [4]
+    assert elapsed < 2.5
+
+
+def test_batcher_waits_for_others_only_while_they_are_in_the_server():
+    _, executions, elapsed = asyncio.run(run_batch(policy(delay_s=5.0), [1], 1))
+    assert [e.rows for e in executions] == [1] and elapsed < 2.5  # alone: no one to wait for
+    _, executions, elapsed = asyncio.run(run_batch(policy(delay_s=0.3), [1], 3))
+    assert [e.rows for e in executions] == [1] and elapsed >= 0.3  # others in the server: wait the delay
+
+
+def test_batcher_without_a_policy_runs_each_request_alone():
+    _, executions, _ = asyncio.run(run_batch(None, [2, 3, 1], 3))
+    assert [e.rows for e in executions] == [2, 3, 1]
+
+
+def test_engine_failure_fails_each_request_of_the_batch_and_the_worker_goes_on():
+    calls = []
+
+    def flaky(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        if len(calls) == 1:
+            raise RuntimeError("engine fell over")
+        return double(inputs)
+
+    outputs, executions, _ = asyncio.run(run_batch(None, [1, 2], 2, predict=flaky))
+    assert isinstance(outputs[0], InferenceFailed) and "engine fell over" in str(outputs[0])
+    assert outputs[0].status == 500
+    assert [e.rows for e in executions] == [2]  # the second request still ran
