@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import Server, servers
 
 from tritonflow.lineage.records import DeploymentRecord, sha256_hex, utc_now
 
@@ -204,3 +205,17 @@ def metaflow_s3_env(
         "METAFLOW_S3_ENDPOINT_URL": s3_server.endpoint,
         "TRITONFLOW_S3_ENDPOINT_URL": s3_server.endpoint,
     }
+
+
+# -- the serving node ------------------------------------------------------------------------------
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """serve(repository, *args) -> a running Server; each is stopped after the test, which fails
+    if the server logged a traceback (an unexpected 500) or did not stop cleanly."""
+    yield from servers(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def serve_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
+    """`serve` for servers shared by a module's tests."""
+    yield from servers(tmp_path_factory.mktemp("server"))

@@ -1,0 +1,139 @@
+"""A real `tritonflow serve` in a subprocess, for tests of any layer that talk to the node.
+
+Imported by the conftests (tests/ is on sys.path while they load); `serve` and `serve_module`
+are the fixtures built on it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import tritonclient.http as httpclient
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m tritonflow serve` in a subprocess; stopped with SIGTERM, log kept for assertions."""
+
+    def __init__(self, repository: str | Path, workdir: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        self.log = workdir / f"server-{self.port}.log"
+        command = [
+            *(sys.executable, "-m", "tritonflow", "serve", str(repository)),
+            *("--port", str(self.port), "--poll-interval", "0.2", "--cache-dir", str(workdir / "cache")),
+            *args,
+        ]
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy()
+            )
+        self.client = httpclient.InferenceServerClient(self.url)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_text()}")
+            try:
+                if self.request("GET", "/v2/health/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server not ready within {timeout} s:\n{self.log_text()}")
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One raw HTTP request on a fresh connection: status, headers (lower-case), body."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            conn.close()
+
+    def json(self, method: str, path: str, body: Any = None) -> Any:
+        status, _, raw = self.request(method, path, None if body is None else json.dumps(body).encode())
+        assert status == 200, raw
+        return json.loads(raw) if raw else None
+
+    def index(self) -> list[dict[str, str]]:
+        return self.json("POST", "/v2/repository/index")
+
+    def index_row(self, model: str, version: int) -> dict[str, str]:
+        """The repository index's row of one version; {} when it is not listed."""
+        rows = [r for r in self.index() if (r["name"], r["version"]) == (model, str(version))]
+        return rows[0] if rows else {}
+
+    def wait_for_state(self, model: str, version: int, state: str) -> dict[str, str]:
+        """Wait until the index lists the version in `state`; its row."""
+        wait_for(
+            lambda: self.index_row(model, version).get("state") == state, what=f"{model}:{version} {state}"
+        )
+        return self.index_row(model, version)
+
+    def metric(self, name: str, model: str, version: int | str) -> float:
+        text = self.request("GET", "/metrics")[2].decode()
+        match = re.search(rf'^{name}{{model="{model}",version="{version}"}} (\S+)$', text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.client.close()
+        return self.process.returncode
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll until `predicate()` is truthy; its value, or a failure after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def servers(workdir: Path) -> Iterator[Callable[..., Server]]:
+    started: list[Server] = []
+
+    def start(repository: str | Path, *args: str) -> Server:
+        started.append(Server(repository, workdir, *args))
+        return started[-1]
+
+    yield start
+    for server in started:
+        code = server.stop()
+        log = server.log_text()
+        assert "Traceback" not in log, log
+        # NOTE: uvicorn re-raises SIGTERM once it has shut down gracefully, so the exit is by that signal.
+        assert code in (0, -signal.SIGTERM) and "Application shutdown complete" in log, log
