@@ -70,6 +70,7 @@ class ModelRepository:
         try:
             raw = self.store.read(key)
         except NotFound:
+            self.store.list("")  # a missing repository says so, rather than "no such version"
             raise NotFound(
                 f"no deployment {model}:{version} in {self.uri} "
                 f"(known versions of {model!r}: {self.versions(model) or 'none'})"

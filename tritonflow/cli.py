@@ -19,6 +19,7 @@ COMMANDS = {
         "trace a deployment ID, a saved response or a run to its lineage",
     ),
     "check-config": ("tritonflow.serving.check_command", "validate config.pbtxt files (Triton schema + FIL)"),
+    "triton-backends": ("tritonflow.serving.triton_backends_command", "a backend dir for Triton without FIL"),
 }
 
 
@@ -33,7 +34,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only == name:  # NOTE: import only the chosen command's layer
             module = importlib.import_module(module_name)
             module.add_arguments(command)
-            command.set_defaults(run=module.main)
+            command.set_defaults(handler=module.main)
     return parser
 
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(chosen if chosen in COMMANDS else None).parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        return int(args.handler(args) or 0)
     except TritonflowError as exc:
         print(f"tritonflow {args.command}: error: {exc}", file=sys.stderr)
         return 2
