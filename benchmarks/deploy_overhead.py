@@ -50,13 +50,19 @@ def models(quick: bool):
     X = rng.normal(size=(4000, 30)).astype("float32")
     y = (X[:, :5].sum(axis=1) + rng.normal(size=4000) > 0).astype(int)
     trees = 50 if quick else 500
-    yield "RandomForest 500x depth 8" if not quick else "RandomForest 50x depth 8", (
-        RandomForestClassifier(n_estimators=trees, max_depth=8, n_jobs=-1, random_state=0).fit(X, y),
-        X,
+    yield (
+        "RandomForest 500x depth 8" if not quick else "RandomForest 50x depth 8",
+        (
+            RandomForestClassifier(n_estimators=trees, max_depth=8, n_jobs=-1, random_state=0).fit(X, y),
+            X,
+        ),
     )
-    yield f"XGBoost {trees} rounds depth 8", (
-        xgboost.XGBClassifier(n_estimators=trees, max_depth=8, n_jobs=2).fit(X, y),
-        X,
+    yield (
+        f"XGBoost {trees} rounds depth 8",
+        (
+            xgboost.XGBClassifier(n_estimators=trees, max_depth=8, n_jobs=2).fit(X, y),
+            X,
+        ),
     )
     yield f"LightGBM {trees} rounds", (LGBMClassifier(n_estimators=trees, verbose=-1).fit(X, y), X)
 
