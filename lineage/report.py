@@ -135,7 +135,7 @@ def render_text(doc: dict[str, Any]) -> str:
             ("finished", run["finished_at"]),
             ("tags", ", ".join(run["tags"]) or "-"),
             ("deployed by", f"{run['task']} (attempt {run['attempt']})"),
-            *[(f"param {k}", v) for k, v in sorted(run["parameters"].items())],
+            *[(f"param {k}", v if v != "" else "''") for k, v in sorted(run["parameters"].items())],
         ],
     )
     dirty = {True: " (uncommitted changes)", False: "", None: ""}[code["uncommitted_changes"]]
@@ -143,7 +143,12 @@ def render_text(doc: dict[str, Any]) -> str:
         lines,
         "Code",
         [
-            ("git", f"{code['git_commit'] or '-'} on {code['git_branch'] or '-'}{dirty}"),
+            (
+                "git",
+                f"{code['git_commit']} on {code['git_branch'] or '-'}{dirty}"
+                if code["git_commit"]
+                else "(the flow was not in a git checkout)",
+            ),
             ("script", code["script"]),
             ("code package", (code["code_package"] or {}).get("url", "-")),
             ("metaflow", code["metaflow_version"]),

@@ -12,6 +12,11 @@ from tritonflow.lineage.errors import TritonflowError
 
 # name -> (module exposing add_arguments(parser) and main(args) -> int, one-line help)
 COMMANDS = {
+    "quickstart": (
+        "tritonflow.quickstart",
+        "the whole loop in a minute: flow, deploy, serve, request, lineage",
+    ),
+    "init": ("tritonflow.init_command", "copy the starter pack (flow, client, README) into a folder"),
     "serve": ("tritonflow.serving.server", "serve a model repository over Triton's HTTP protocol"),
     "models": ("tritonflow.lineage.models_command", "list the models, versions and deployment IDs"),
     "lineage": (

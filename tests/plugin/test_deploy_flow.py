@@ -133,11 +133,8 @@ def test_a_retried_task_does_not_publish_twice(tmp_path, metaflow_env):
 
 
 def test_fraud_flow_reads_a_csv(tmp_path, metaflow_env):
-    sys.path.insert(0, str(FRAUD_FLOW.parent))
-    try:
-        from fraud_flow import synthetic_transactions
-    finally:
-        sys.path.pop(0)
+    from tritonflow.starter.fraud_data import synthetic_transactions
+
     frame = synthetic_transactions(3000, seed=1).rename(columns={"Class": "is_fraud"})
     frame.to_csv(tmp_path / "transactions.csv", index=False)
     env = {**metaflow_env, "TRITONFLOW_REPOSITORY": str(tmp_path / "repo")}
