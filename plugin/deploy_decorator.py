@@ -165,7 +165,9 @@ class DeployDecorator(StepDecorator):
         from metaflow.metaflow_version import get_version
 
         script = os.path.abspath(sys.argv[0])
-        params = {name: _jsonable(getattr(flow, name, None)) for name in (current.parameter_names or [])}
+        # NOTE: set by Metaflow at task start; not in its type stubs.
+        names = getattr(current, "parameter_names", None) or []
+        params = {name: _jsonable(getattr(flow, name, None)) for name in names}
         info: dict[str, Any] = {
             "flow": flow.name,
             "run_id": self.task["run_id"],

@@ -73,9 +73,9 @@ def parse_options(
     """Check every attribute; `remote` names the remote-execution decorator on the step, if any."""
     from tritonflow.serving.model_config import NEWEST_TRITON, parse_triton_version
 
-    get = lambda key: attributes.get(key)  # noqa: E731
+    get = attributes.get
     model = _artifact(get("model") or "model", "model")
-    select = SelectRule.parse(get("select")) if get("select") else None
+    select = SelectRule.parse(str(get("select"))) if get("select") else None
     if select and not is_join:
         raise OptionError(
             f"select={str(select)!r} picks among a join's inputs, but this step is not a join: "

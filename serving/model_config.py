@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import FieldDescriptor
@@ -19,7 +19,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.serving import datatypes
 
-ModelConfig = pb.ModelConfig
+ModelConfig: TypeAlias = pb.ModelConfig
 
 # The FIL config dialect changed in 25.09: `output_class` became `is_classifier`, and the
 # GPU tuning keys below were removed (Triton only warns about them).
