@@ -174,12 +174,7 @@ def make_record() -> Callable[..., DeploymentRecord]:
     return make
 
 
-@pytest.fixture
-def metaflow_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for `subprocess.run(..., env=metaflow_env)`: a Metaflow run with its own local
-    datastore and metadata under tmp_path, untouched by the caller's METAFLOW_* settings."""
-    root = tmp_path / "metaflow"
-    root.mkdir()
+def _metaflow_environment(root: Path) -> dict[str, str]:
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("METAFLOW_")}
     return {
         **inherited,
@@ -189,6 +184,21 @@ def metaflow_env(tmp_path: Path) -> dict[str, str]:
         "METAFLOW_DEFAULT_DATASTORE": "local",
         "METAFLOW_DEFAULT_METADATA": "local",
     }
+
+
+@pytest.fixture
+def metaflow_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for `subprocess.run(..., env=metaflow_env)`: a Metaflow run with its own local
+    datastore and metadata under tmp_path, untouched by the caller's METAFLOW_* settings."""
+    root = tmp_path / "metaflow"
+    root.mkdir()
+    return _metaflow_environment(root)
+
+
+@pytest.fixture(scope="module")
+def metaflow_env_module(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """`metaflow_env` shared by a module's tests (one flow run for all of them)."""
+    return _metaflow_environment(tmp_path_factory.mktemp("metaflow"))
 
 
 @pytest.fixture
