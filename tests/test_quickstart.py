@@ -70,4 +70,3 @@ def test_init_copies_the_starter_pack(tmp_path):
         assert (tmp_path / "mine" / name).read_bytes() == (HERE / name).read_bytes()
     assert tritonflow("init", tmp_path / "mine").returncode == 2  # never overwrites by default
     assert tritonflow("init", tmp_path / "mine", "--force").returncode == 0
-
