@@ -8,6 +8,10 @@ max_queue_delay_microseconds. That delay is a maximum: the worker waits only whi
 requests are in the server and could join, so a lone request (a sequential client) pays none,
 and a preferred size already reached runs at once. Without `dynamic_batching`, every request
 is its own engine call.
+
+A small request that finds the server otherwise idle runs on the event loop itself: the hop to
+the worker and back costs more (about 25 us) than the engine call (about 10 us for a row), and
+with nothing else in the server there is nothing to merge it with or to keep waiting.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 Tensors = dict[str, np.ndarray]
 _STOP = object()
 _PR_SET_TIMERSLACK = 29
+# Up to this many rows, a request alone in the server runs inline on the loop (see above).
+INLINE_ROWS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +122,9 @@ class Batcher:
         self._traffic = traffic
         self._loop = loop
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Held for every engine call: the worker's and the loop's inline ones never overlap.
+        self._engine = threading.Lock()
+        self._closed = False
         self._on_close: Callable[[], None] = lambda: None
         self._thread = threading.Thread(target=self._run, name=f"engine {label}", daemon=True)
         self._thread.start()
@@ -123,12 +132,26 @@ class Batcher:
     def submit(self, inputs: Tensors, rows: int) -> asyncio.Future[tuple[Tensors, Execution]]:
         """Queue a request (on the loop); the future gets its outputs and the engine call's timing."""
         future = self._loop.create_future()
-        self._queue.put(_Item(inputs, rows, future, perf_counter_ns()))
+        item = _Item(inputs, rows, future, perf_counter_ns())
+        if (
+            rows <= INLINE_ROWS
+            and self._traffic.active <= 1
+            and not self._closed
+            and self._queue.empty()
+            and self._engine.acquire(blocking=False)
+        ):
+            try:
+                self._finish([item], self._call([item]))
+            finally:
+                self._engine.release()
+        else:
+            self._queue.put(item)
         return future
 
     def close(self, then: Callable[[], None]) -> None:
         """Finish what is queued, run `then` on the worker (e.g. free the engine), stop the thread."""
         self._on_close = then
+        self._closed = True
         self._queue.put(_STOP)
 
     def join(self, timeout: float | None = None) -> None:
@@ -175,6 +198,12 @@ class Batcher:
         return None
 
     def _execute(self, batch: list[_Item]) -> None:
+        with self._engine:
+            outcome = self._call(batch)
+        self._loop.call_soon_threadsafe(self._finish, batch, outcome)
+
+    def _call(self, batch: list[_Item]) -> tuple[list[Tensors], Execution] | str:
+        """One engine call for `batch`: each request's outputs and the timing, or the failure reason."""
         started = perf_counter_ns()
         try:
             if len(batch) == 1:
@@ -195,21 +224,20 @@ class Batcher:
                         raise ValueError(f"output {name!r} has {len(array)} rows for {rows} input rows")
                 offsets = itertools.accumulate((item.rows for item in batch), initial=0)
                 results = [{k: v[a:b] for k, v in outputs.items()} for a, b in itertools.pairwise(offsets)]
-            execution = Execution(rows, started, merged, inferred, perf_counter_ns())
         except Exception as exc:
             log.exception("engine call of %s failed on %d request(s)", self.label, len(batch))
-            self._loop.call_soon_threadsafe(self._fail, batch, f"{type(exc).__name__}: {exc}")
-            return
-        self._loop.call_soon_threadsafe(self._deliver, batch, results, execution)
+            return f"{type(exc).__name__}: {exc}"
+        return results, Execution(rows, started, merged, inferred, perf_counter_ns())
 
     # -- back on the loop ------------------------------------------------------------------
-    def _deliver(self, batch: list[_Item], results: list[Tensors], execution: Execution) -> None:
-        self._on_execution(execution)
-        for item, result in zip(batch, results, strict=True):
-            if not item.future.done():  # a cancelled request (client gone) has no one to tell
-                item.future.set_result((result, execution))
-
-    def _fail(self, batch: list[_Item], reason: str) -> None:
-        for item in batch:
-            if not item.future.done():
-                item.future.set_exception(InferenceFailed(self.label, reason))
+    def _finish(self, batch: list[_Item], outcome: tuple[list[Tensors], Execution] | str) -> None:
+        """Answer every request of an engine call: its outputs, or the failure (a reason string)."""
+        if not isinstance(outcome, str):
+            self._on_execution(outcome[1])
+        for i, item in enumerate(batch):
+            if item.future.done():  # a cancelled request (client gone) has no one to tell
+                continue
+            if isinstance(outcome, str):
+                item.future.set_exception(InferenceFailed(self.label, outcome))
+            else:
+                item.future.set_result((outcome[0][i], outcome[1]))

@@ -8,13 +8,13 @@ response mirrors it for outputs asked for in binary (`binary_data`, `binary_data
 
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from tritonflow.serving.datatypes import DATATYPE, NUMPY
 from tritonflow.serving.errors import MalformedRequest, MissingField, Unsupported, UnsupportedEncoding
@@ -63,7 +63,7 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
         )
     binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
     try:
-        header = json.loads(body[:header_length] if header_length is not None else body)
+        header = orjson.loads(body[:header_length] if header_length is not None else body)
     except ValueError as exc:
         raise MalformedRequest(f"the inference header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -196,7 +196,7 @@ def encode_response(response: InferResponse, request: InferRequest) -> tuple[byt
         body["id"] = response.id
     body["parameters"] = {"deployment_id": stamp["deployment_id"]}
     body["outputs"] = outputs
-    header = json.dumps(body, separators=(",", ":")).encode()
+    header = orjson.dumps(body)
     if not chunks:
         return header, None
     return b"".join([header, *chunks]), len(header)

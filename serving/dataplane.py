@@ -146,6 +146,11 @@ class DataPlane:
         return [(t.name, t.version, t.stats) for t in self.registry.serving()]
 
 
+def _fits(dims: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    """Dims against the config's, where -1 takes any size (the exact match is tested first)."""
+    return len(dims) == len(expected) and all(e == -1 or d == e for d, e in zip(dims, expected, strict=True))
+
+
 def _check_inputs(target: ModelVersion, inputs: dict[str, np.ndarray]) -> int:
     """The request's rows, once every input has the config's name, datatype and shape."""
     batched = target.max_batch_size > 0
@@ -157,9 +162,7 @@ def _check_inputs(target: ModelVersion, inputs: dict[str, np.ndarray]) -> int:
         if array.dtype != spec.dtype:
             raise WrongDatatype(name, target.label, DATATYPE[array.dtype], spec.datatype)
         dims = array.shape[1:] if batched else array.shape
-        if len(dims) != len(spec.dims) or any(
-            e != -1 and d != e for d, e in zip(dims, spec.dims, strict=True)
-        ):
+        if dims != spec.dims and not _fits(dims, spec.dims):
             raise WrongShape(
                 name, target.label, list(array.shape), [-1, *spec.dims] if batched else list(spec.dims)
             )

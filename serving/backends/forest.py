@@ -12,6 +12,7 @@ import ctypes
 import functools
 import importlib
 import logging
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -32,9 +33,11 @@ log = logging.getLogger(__name__)
 ENGINES = ("auto", "nvforest", "treelite")
 LAYOUTS = ("depth_first", "breadth_first", "layered")
 INSTALL_HINT = "pip install 'tritonflow[gpu]'"
-# nvForest runs every batch on all cores (OpenMP); a small batch then waits on the slowest thread,
-# and one busy core turns a 7 us row into 16-28 ms. Small batches run on fewer threads.
-ROWS_PER_THREAD = 32
+# Both engines run a batch on OpenMP threads; a batch then waits on its slowest thread, and one busy
+# core (the HTTP loop, another process) turns a 7 us row into 16-28 ms and a 0.2 ms 64-row batch into
+# 8-27 ms. Only batches big enough to amortise that risk get more than one thread.
+ROWS_PER_THREAD = 2048
+CORES = os.cpu_count() or 1
 # Triton's FIL backend imports into nvForest with 128-byte tree alignment and single precision
 # (float32 in, float32 out): no per-call conversion of a float32 batch.
 ALIGN_BYTES = 128
@@ -197,8 +200,7 @@ def cuda_device_count() -> int:
 
 def _gtil(model: treelite.Model) -> Raw:
     # GTIL gives (rows, targets=1, width) in the model's own precision; [:, 0] is a view.
-    # NOTE: one row runs faster on one thread, and then never waits on a busy core's OpenMP thread.
-    return lambda x: treelite.gtil.predict(model, x, nthread=1 if x.shape[0] == 1 else -1)[:, 0]
+    return lambda x: treelite.gtil.predict(model, x, nthread=threads_for(x.shape[0]))[:, 0]
 
 
 def _nvforest_forest(
@@ -225,33 +227,36 @@ def _nvforest_forest(
     run: Callable[[np.ndarray], Any] = getattr(forest, "predict_proba", forest.predict)
     if device == "gpu":
         return lambda x: run(x).get()  # a cupy array: copy it back to the host
-    threads = _nvforest_threads()
-    if threads is None:
+    set_threads = _nvforest_threads()
+    if set_threads is None:
         return run
-    set_threads, most = threads
 
     def run_cpu(x: np.ndarray) -> Any:
         # NOTE: sets the OpenMP thread count of the calling thread only (the model's worker thread).
-        set_threads(min(most, 1 + x.shape[0] // ROWS_PER_THREAD))
+        set_threads(threads_for(x.shape[0]))
         return run(x)
 
     return run_cpu
 
 
+def threads_for(rows: int) -> int:
+    """OpenMP threads for a batch: one per ROWS_PER_THREAD rows, at most one per core."""
+    return min(CORES, 1 + rows // ROWS_PER_THREAD)
+
+
 @functools.cache
-def _nvforest_threads() -> tuple[Callable[[int], None], int] | None:
-    """nvForest's own `omp_set_num_threads` and its default thread count; None if out of reach."""
+def _nvforest_threads() -> Callable[[int], None] | None:
+    """nvForest's own `omp_set_num_threads`; None if out of reach."""
     try:
         import libnvforest
 
         # dlsym on libnvforest finds the OpenMP runtime it links (vendored), not treelite's or numpy's
         lib = libnvforest.load_library()
-        set_threads, max_threads = lib.omp_set_num_threads, lib.omp_get_max_threads
+        set_threads = lib.omp_set_num_threads
     except (ImportError, OSError, AttributeError):  # a system install without the wheel's loader
         return None
     set_threads.argtypes, set_threads.restype = [ctypes.c_int], None
-    max_threads.restype = ctypes.c_int
-    return set_threads, int(max_threads())
+    return set_threads
 
 
 # -- Triton's output semantics -----------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import N_FEATURES, PROBA_ATOL, Server, config_for, data, forest, publish
 
-from tritonflow.serving.batcher import Batcher, BatchPolicy, Execution, Traffic
+from tritonflow.serving.batcher import INLINE_ROWS, Batcher, BatchPolicy, Execution, Traffic
 from tritonflow.serving.errors import InferenceFailed
 
 
@@ -163,3 +163,32 @@ def test_engine_failure_fails_each_request_of_the_batch_and_the_worker_goes_on()
     assert isinstance(outputs[0], InferenceFailed) and "engine fell over" in str(outputs[0])
     assert outputs[0].status == 500
     assert [e.rows for e in executions] == [2]  # the second request still ran
+
+
+def on_which_thread(inputs: dict[str, np.ndarray], seen: list[str]) -> dict[str, np.ndarray]:
+    seen.append(threading.current_thread().name)
+    return double(inputs)
+
+
+@pytest.mark.parametrize("batch_policy", [None, policy(delay_s=0.001)])
+def test_a_small_request_alone_in_the_server_runs_inline_on_the_loop(batch_policy):
+    seen: list[str] = []
+    loop_thread = threading.current_thread().name  # asyncio.run runs the loop on this thread
+
+    asyncio.run(run_batch(batch_policy, [1], 1, predict=lambda x: on_which_thread(x, seen)))
+    assert seen == [loop_thread]  # alone and small: no hop to the worker
+    seen.clear()
+    asyncio.run(run_batch(batch_policy, [INLINE_ROWS + 1], 1, predict=lambda x: on_which_thread(x, seen)))
+    assert seen == ["engine test:1"]  # too big to hold the loop
+    seen.clear()
+    asyncio.run(run_batch(batch_policy, [1, 1], 2, predict=lambda x: on_which_thread(x, seen)))
+    assert loop_thread not in seen  # others in the server: the worker runs (and may merge) them
+
+
+def test_an_inline_failure_is_reported_like_any_other():
+    def broken(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise RuntimeError("engine fell over")
+
+    outputs, executions, _ = asyncio.run(run_batch(None, [1], 1, predict=broken))
+    assert isinstance(outputs[0], InferenceFailed) and "engine fell over" in str(outputs[0])
+    assert executions == []
