@@ -35,8 +35,8 @@ LAYOUTS = ("depth_first", "breadth_first", "layered")
 INSTALL_HINT = "pip install 'tritonflow[gpu]'"
 # Both engines run a batch on OpenMP threads; a batch then waits on its slowest thread, and one busy
 # core (the HTTP loop, another process) turns a 7 us row into 16-28 ms and a 0.2 ms 64-row batch into
-# 8-27 ms. Only batches big enough to amortise that risk get more than one thread.
-ROWS_PER_THREAD = 2048
+# 8-27 ms. Only batches with enough work (rows x trees, about a millisecond a thread) get more threads.
+TREE_ROWS_PER_THREAD = 100_000
 CORES = os.cpu_count() or 1
 # Triton's FIL backend imports into nvForest with 128-byte tree alignment and single precision
 # (float32 in, float32 out): no per-call conversion of a float32 batch.
@@ -200,7 +200,8 @@ def cuda_device_count() -> int:
 
 def _gtil(model: treelite.Model) -> Raw:
     # GTIL gives (rows, targets=1, width) in the model's own precision; [:, 0] is a view.
-    return lambda x: treelite.gtil.predict(model, x, nthread=threads_for(x.shape[0]))[:, 0]
+    trees = model.num_tree
+    return lambda x: treelite.gtil.predict(model, x, nthread=threads_for(x.shape[0], trees))[:, 0]
 
 
 def _nvforest_forest(
@@ -231,17 +232,19 @@ def _nvforest_forest(
     if set_threads is None:
         return run
 
+    trees = model.num_tree
+
     def run_cpu(x: np.ndarray) -> Any:
         # NOTE: sets the OpenMP thread count of the calling thread only (the model's worker thread).
-        set_threads(threads_for(x.shape[0]))
+        set_threads(threads_for(x.shape[0], trees))
         return run(x)
 
     return run_cpu
 
 
-def threads_for(rows: int) -> int:
-    """OpenMP threads for a batch: one per ROWS_PER_THREAD rows, at most one per core."""
-    return min(CORES, 1 + rows // ROWS_PER_THREAD)
+def threads_for(rows: int, trees: int) -> int:
+    """OpenMP threads for a batch: one per TREE_ROWS_PER_THREAD of work, at most one per core."""
+    return min(CORES, 1 + rows * trees // TREE_ROWS_PER_THREAD)
 
 
 @functools.cache

@@ -309,11 +309,12 @@ def test_nvforest_runs_small_batches_on_one_thread(tmp_path, trained):
 
     with ThreadPoolExecutor(1) as worker:  # the ICV is per thread: keep this one's out of the suite's
         assert worker.submit(threads_after, 1).result() == 1
-        assert worker.submit(threads_after, 1024).result() == 1
-        big = forest.ROWS_PER_THREAD * 4
-        assert (
-            worker.submit(threads_after, big).result() == forest.threads_for(big) == min(4 + 1, forest.CORES)
-        )
+        trees = model.num_tree
+        small = forest.TREE_ROWS_PER_THREAD // trees - 1  # just under one thread's worth of work
+        assert worker.submit(threads_after, small).result() == 1
+        big = 4 * forest.TREE_ROWS_PER_THREAD // trees
+        assert worker.submit(threads_after, big).result() == forest.threads_for(big, trees)
+        assert forest.threads_for(big, trees) == min(5, forest.CORES)
 
 
 # -- inputs -------------------------------------------------------------------------------------
