@@ -42,7 +42,12 @@ def live_run(record: DeploymentRecord) -> LiveRun:
     try:
         from metaflow import Run, Task, namespace
         from metaflow.exception import MetaflowNotFound
-
+    except Exception as exc:  # noqa: BLE001 - a broken Metaflow install is a notice, never a crash
+        return LiveRun(
+            False,
+            f"Metaflow cannot be imported ({type(exc).__name__}: {exc}): showing the deployment record only",
+        )
+    try:
         namespace(None)
         run = Run(pathspec)
     except MetaflowNotFound:
