@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from machine import RESULTS, write_result
 
 CHILD = r"""
 import json, pickle, sys, tempfile, time
@@ -70,6 +69,7 @@ def models(quick: bool):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small models, few repeats")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
     args = parser.parse_args()
     import pickle
 
@@ -104,14 +104,8 @@ def main() -> None:
                 f"first call {rows[-1]['first_call_s']:6.3f} s  "
                 f"warm median {rows[-1]['warm_median_s']:6.3f} s  whole process {process_s:6.2f} s"
             )
-    RESULTS.mkdir(exist_ok=True)
-    report = {
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-        "load_average": os.getloadavg(),
-        "quick": args.quick,
-        "results": rows,
-    }
-    (RESULTS / "deploy_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+    path = write_result("deploy_overhead", {"quick": args.quick, "results": rows}, args.out)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,7 @@ live part. Prints medians and writes benchmarks/results/lineage_lookup.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -20,8 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import RESULTS, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "results"
 
 
 def timed(command: list[str], env: dict[str, str], cwd: str, repeats: int) -> list[float]:
@@ -36,6 +35,7 @@ def timed(command: list[str], env: dict[str, str], cwd: str, repeats: int) -> li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("METAFLOW_")}
@@ -60,14 +60,8 @@ def main() -> None:
     }
     for name, row in rows.items():
         print(f"{name:38s} median {row['median_s']:.3f} s   max {row['max_s']:.3f} s")
-    RESULTS.mkdir(exist_ok=True)
-    report = {
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-        "load_average": os.getloadavg(),
-        "repeats": args.repeats,
-        "results": rows,
-    }
-    (RESULTS / "lineage_lookup.json").write_text(json.dumps(report, indent=2) + "\n")
+    path = write_result("lineage_lookup", {"repeats": args.repeats, "results": rows}, args.out)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+from machine import machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -783,25 +784,6 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # -- outputs -------------------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
-        platform.processor(),
-    )
-    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").is_file() else "MemTotal: 0 kB"
-    mem_kb = int(next(ln for ln in meminfo.splitlines() if ln.startswith("MemTotal")).split()[1])
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "memory_gib": round(mem_kb / 2**20, 1),
-        "platform": platform.platform(),
-        "load_average": [
-            round(x, 2) for x in os.getloadavg()
-        ],  # other work on the machine skews every figure
-    }
-
-
 def versions(wrk_path: str | None) -> dict[str, str]:
     found = {"python": platform.python_version()}
     for dist in (
