@@ -66,15 +66,22 @@ class ModelRepository:
         return self.store.fingerprint(layout.config_key(model)) is not None
 
     def read_record(self, model: str, version: int) -> DeploymentRecord:
-        key = layout.record_key(model, version)
-        try:
-            raw = self.store.read(key)
-        except NotFound:
+        record = self._record(model, version)
+        if record is None:
             self.store.list("")  # a missing repository says so, rather than "no such version"
             raise NotFound(
                 f"no deployment {model}:{version} in {self.uri} "
                 f"(known versions of {model!r}: {self.versions(model) or 'none'})"
-            ) from None
+            )
+        return record
+
+    def _record(self, model: str, version: int) -> DeploymentRecord | None:
+        """The version's record, or None for an unfinished (or absent) version: one read."""
+        key = layout.record_key(model, version)
+        try:
+            raw = self.store.read(key)
+        except NotFound:
+            return None
         return DeploymentRecord.from_json(raw, where=f"{self.uri}/{key}")
 
     def resolve(self, deployment_id: str | DeploymentId) -> DeploymentRecord:
@@ -90,13 +97,11 @@ class ModelRepository:
 
     def entries(self) -> list[VersionEntry]:
         """Every version folder of every model, with its record when it has one."""
-        out = []
-        for model in self.models():
-            published = set(self.versions(model))
-            for v in self.version_numbers(model):
-                record = self.read_record(model, v) if v in published else None
-                out.append(VersionEntry(model, v, record))
-        return out
+        return [
+            VersionEntry(model, v, self._record(model, v))
+            for model in self.models()
+            for v in self.version_numbers(model)
+        ]
 
     def deployments_of_run(self, flow: str, run_id: str) -> list[DeploymentRecord]:
         return [
@@ -109,9 +114,9 @@ class ModelRepository:
 
     def find_task_deployment(self, model: str, task: str, sha256s: set[str]) -> DeploymentRecord | None:
         """A version this task already published with the same files (idempotent retries)."""
-        for v in reversed(self.versions(model)):
-            record = self.read_record(model, v)
-            if record.task_pathspec == task and {f["sha256"] for f in record.files} == sha256s:
+        for v in reversed(self.version_numbers(model)):
+            record = self._record(model, v)
+            if record and record.task_pathspec == task and {f["sha256"] for f in record.files} == sha256s:
                 return record
         return None
 

@@ -65,8 +65,8 @@ def deploy(
     repository = ModelRepository(options.repository)
     _check_signature(repository, options.name, config)
     task = provenance.metaflow.get("task", "")
-    shas = {sha256_hex(data) for data in export.files.values()}
-    previous = repository.find_task_deployment(options.name, task, shas) if task else None
+    digests = {name: sha256_hex(data) for name, data in export.files.items()}
+    previous = repository.find_task_deployment(options.name, task, set(digests.values())) if task else None
     if previous is not None:
         return previous
 
@@ -82,7 +82,7 @@ def deploy(
             created_at=utc_now(),
             repository=repository.uri,
             files=[
-                {"path": f"{version}/{name}", "sha256": sha256_hex(data), "size": len(data)}
+                {"path": f"{version}/{name}", "sha256": digests[name], "size": len(data)}
                 for name, data in sorted(export.files.items())
             ],
             format=export.format,
