@@ -62,12 +62,14 @@ def check_parity(export: Export, rows: np.ndarray, tolerance: float = TOLERANCE)
         raise ParityError(
             export.format, f"answers with shape {list(served.shape)}, the model with {list(native.shape)}"
         )
-    rule = "absolute" if export.n_classes else "relative to max(1, largest |value| of the output)"
     diff = np.abs(served - native)
     diff[np.isnan(served) & np.isnan(native)] = 0.0  # a missing value answered alike on both sides
     diff = np.nan_to_num(diff, nan=np.inf)
-    scale = np.maximum(1.0, np.abs(np.nan_to_num(native)).max(axis=0)) if not export.n_classes else 1.0
-    scaled = diff / scale
+    if export.n_classes:
+        rule, scaled = "absolute", diff
+    else:
+        rule = "relative to max(1, largest |value| of the output)"
+        scaled = diff / np.maximum(1.0, np.abs(np.nan_to_num(native)).max(axis=0))
     worst = np.unravel_index(int(np.argmax(scaled)), scaled.shape)
     if scaled[worst] > tolerance:
         raise ParityError(

@@ -56,15 +56,15 @@ def describe(model: Any, sample: Any = None) -> Signature:
     return Signature(rows.shape[1], sample_names or names, rows)
 
 
-def generated_rows(n_features: int, n_rows: int = GENERATED_ROWS, seed: int = SEED) -> np.ndarray:
-    """Deterministic rows for the parity gate when no sample is given.
+def generated_rows(n_features: int) -> np.ndarray:
+    """GENERATED_ROWS deterministic rows for the parity gate when no sample is given.
 
     The scale of the training data is unknown here, so standard normal rows are scaled per row
     across five decades (0.01 to 1000): splits at any usual scale are crossed both ways.
     """
-    rng = np.random.default_rng(seed)
-    scales = 10.0 ** rng.uniform(-2.0, 3.0, size=(n_rows, 1))
-    return (rng.standard_normal((n_rows, n_features)) * scales).astype(np.float32)
+    rng = np.random.default_rng(SEED)
+    scales = 10.0 ** rng.uniform(-2.0, 3.0, size=(GENERATED_ROWS, 1))
+    return (rng.standard_normal((GENERATED_ROWS, n_features)) * scales).astype(np.float32)
 
 
 def model_width(model: Any) -> int | None:

@@ -23,6 +23,7 @@ from tritonflow.lineage.errors import TritonflowError
 
 STUB = "triton_python_backend_stub"
 PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
+THIS_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 EPILOG = """\
 Run it from the Python environment that will run the models: it needs tritonflow (`pip install
@@ -59,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--python-version",
-        default=f"{sys.version_info.major}.{sys.version_info.minor}",
+        default=THIS_PYTHON,
         metavar="X.Y",
         help="the Python that runs the models, when the installation has stubs for several "
         "(default: this one, %(default)s)",
@@ -163,7 +164,7 @@ def launch_environment(home: Path, python_version: str) -> dict[str, str]:
         for d in (home / "lib", home / "external_libs", home.parent.parent / "nvidia_pytriton.libs")
         if d.is_dir()
     ]
-    if python_version == f"{sys.version_info.major}.{sys.version_info.minor}":
+    if python_version == THIS_PYTHON:
         # NOTE: the stub links libpython by soname: this interpreter's own keeps it in step with its stdlib.
         libdir = sysconfig.get_config_var("LIBDIR")
         if libdir and any(Path(libdir).glob(f"libpython{python_version}*.so*")):

@@ -34,10 +34,10 @@ def export_model(model: Any, fmt: str, n_features: int, triton_version: str) -> 
         raise ExportError(f"format {fmt!r} is not one of auto, {', '.join(EXPORTERS)}")
     model = unwrap_pipeline(model)
     native = _load(FAMILIES, _family(model))(model)
-    exporters: dict[str, Exporter] = {name: _load(EXPORTERS, name)() for name in EXPORTERS}
     if fmt == "auto":
-        fmt = next(name for name, exporter in exporters.items() if exporter.can_export(native))
-    return exporters[fmt].export(native, n_features, triton_version)
+        # NOTE: in table order, imported only when reached: a tree ensemble never loads the ONNX exporter.
+        fmt = next(name for name in EXPORTERS if _exporter(name).can_export(native))
+    return _exporter(fmt).export(native, n_features, triton_version)
 
 
 def config_spec(
@@ -88,6 +88,10 @@ def unwrap_pipeline(model: Any) -> Any:
 def _load(table: dict[str, str], name: str) -> Any:
     module, cls = table[name].rsplit(".", 1)
     return getattr(importlib.import_module(module), cls)
+
+
+def _exporter(name: str) -> Exporter:
+    return _load(EXPORTERS, name)()
 
 
 __all__ = [

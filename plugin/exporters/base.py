@@ -12,6 +12,9 @@ import numpy as np
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.serving.model_config import TensorSpec
 
+# Every export serves one input and one output under the names of Triton's FIL backend.
+INPUT, OUTPUT = "input__0", "output__0"
+
 
 class ExportError(TritonflowError):
     """The model cannot be exported as asked; the message names the type and what is supported."""
@@ -27,12 +30,16 @@ class Export:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     parameters: dict[str, str]  # config.pbtxt parameters (FIL: model_type, is_classifier, ...)
-    n_features: int
     n_classes: int | None  # None for regressors
     model_info: dict[str, Any]  # {"class", "library", "library_version", "hyperparameters"}
     versions: dict[str, str]  # library -> version that wrote the files (treelite, onnx, ...)
     # The native model's answer in the served output's terms: (rows, outputs[0].dims[0]).
     native_predict: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+
+    @property
+    def n_features(self) -> int:
+        """Values per served input row (derived: the input tensor's one dim)."""
+        return self.inputs[0].dims[0]
 
 
 class Exporter(ABC):
@@ -40,7 +47,7 @@ class Exporter(ABC):
 
     @abstractmethod
     def can_export(self, model: Any) -> bool:
-        """True when this exporter knows the model's family."""
+        """True when this exporter can write the model (a NativeModel adapter)."""
 
     @abstractmethod
     def export(self, model: Any, n_features: int, triton_version: str) -> Export:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonflow.plugin.exporters.base import ExportError
+from tritonflow.plugin.exporters.base import INPUT, ExportError
 
 ONNX_OPSET = 15  # the newest onnxmltools writes; onnxruntime >= 1.10 (every supported Triton) reads it
 XGBOOST_CLASSIFIERS = ("binary:logistic", "multi:softprob", "multi:softmax")
@@ -56,7 +56,7 @@ class NativeModel(ABC):
 
     @abstractmethod
     def to_onnx(self, n_features: int) -> Any:
-        """The converter's ONNX ModelProto, input "input__0" FP32 [N, n_features], no ZipMap."""
+        """The converter's ONNX ModelProto, input INPUT FP32 [N, n_features], no ZipMap."""
 
     def info(self) -> dict[str, Any]:
         from importlib.metadata import version
@@ -146,7 +146,7 @@ class SklearnModel(NativeModel):
             final = final.steps[-1][1]
         return convert_sklearn(
             self.model,
-            initial_types=[("input__0", FloatTensorType([None, n_features]))],
+            initial_types=[(INPUT, FloatTensorType([None, n_features]))],
             options={id(final): {"zipmap": False}} if self.is_classifier else None,
             target_opset={"": ONNX_OPSET, "ai.onnx.ml": 3},
         )
@@ -193,8 +193,9 @@ class XGBoostModel(NativeModel):
         self.config = json.loads(booster.save_config())["learner"]
         best = booster.attr("best_iteration")
         self.best_iteration = None if best is None else int(best)
-        rounds = booster.num_boosted_rounds() if best is None else int(best) + 1
-        self.booster = booster[:rounds] if rounds < booster.num_boosted_rounds() else booster
+        if self.best_iteration is not None and self.best_iteration + 1 < booster.num_boosted_rounds():
+            booster = booster[: self.best_iteration + 1]
+        self.booster = booster
         super().__init__(model)
 
     def _task(self) -> tuple[bool, int | None]:
@@ -261,7 +262,7 @@ class XGBoostModel(NativeModel):
         booster.feature_names = None  # onnxmltools reads features as f0, f1, ... only
         return onnxmltools.convert_xgboost(
             booster,
-            initial_types=[("input__0", FloatTensorType([None, n_features]))],
+            initial_types=[(INPUT, FloatTensorType([None, n_features]))],
             target_opset=ONNX_OPSET,
         )
 
@@ -328,7 +329,7 @@ class LightGBMModel(NativeModel):
             booster = lightgbm.Booster(model_str=booster.model_to_string())
         return onnxmltools.convert_lightgbm(
             booster,
-            initial_types=[("input__0", FloatTensorType([None, n_features]))],
+            initial_types=[(INPUT, FloatTensorType([None, n_features]))],
             target_opset=ONNX_OPSET,
             zipmap=False,
         )

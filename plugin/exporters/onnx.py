@@ -16,13 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from tritonflow.plugin.exporters.base import Export, Exporter, ExportError
+from tritonflow.plugin.exporters.base import INPUT, OUTPUT, Export, Exporter, ExportError
 from tritonflow.plugin.exporters.native import ONNX_OPSET, NativeModel
+from tritonflow.serving.backends.onnx import MODEL_FILE
 from tritonflow.serving.datatypes import DATATYPE
 from tritonflow.serving.model_config import TensorSpec
 
-MODEL_FILE = "model.onnx"
-INPUT, OUTPUT = "input__0", "output__0"
 SERVED = {True: "probabilities", False: "variable"}  # the converter output served, by is_classifier
 
 
@@ -52,7 +51,6 @@ class OnnxExporter(Exporter):
             inputs=(TensorSpec(INPUT, "FP32", (n_features,)),),
             outputs=(TensorSpec(OUTPUT, datatype, (width,)),),
             parameters={},
-            n_features=n_features,
             n_classes=model.n_classes,
             model_info=model.info(),
             versions={

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from tritonflow.plugin.exporters.base import Export, Exporter, ExportError
+from tritonflow.plugin.exporters.base import INPUT, OUTPUT, Export, Exporter, ExportError
 from tritonflow.plugin.exporters.native import NativeModel
-from tritonflow.serving.model_config import TensorSpec, classifier_key
+from tritonflow.serving.model_config import FIL_MODEL_FILES, TensorSpec, classifier_key
 
-MODEL_FILE = "checkpoint.tl"
+MODEL_TYPE = "treelite_checkpoint"
+MODEL_FILE = FIL_MODEL_FILES[MODEL_TYPE]  # the file FIL reads for that model_type
 TREES = (
     "scikit-learn RandomForest, ExtraTrees, GradientBoosting and HistGradientBoosting (classifiers and "
     "regressors), XGBoost and LightGBM tree boosters; single-output only; a Pipeline only when every step "
@@ -43,7 +44,7 @@ class TreeliteExporter(Exporter):
             ) from None
         classifier = "true" if model.is_classifier else "false"
         parameters = {
-            "model_type": "treelite_checkpoint",
+            "model_type": MODEL_TYPE,
             classifier_key(triton_version): classifier,
             "predict_proba": classifier,
         }
@@ -53,10 +54,9 @@ class TreeliteExporter(Exporter):
             format=self.format,
             backend="fil",
             files={MODEL_FILE: checkpoint},
-            inputs=(TensorSpec("input__0", "FP32", (n_features,)),),
-            outputs=(TensorSpec("output__0", "FP32", (model.width(n_features),)),),
+            inputs=(TensorSpec(INPUT, "FP32", (n_features,)),),
+            outputs=(TensorSpec(OUTPUT, "FP32", (model.width(n_features),)),),
             parameters=parameters,
-            n_features=n_features,
             n_classes=model.n_classes,
             model_info=model.info(),
             versions={"treelite": treelite.__version__},

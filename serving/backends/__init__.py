@@ -7,13 +7,13 @@ from pathlib import Path
 
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.serving.backends.base import Backend
-from tritonflow.serving.model_config import ModelConfig
+from tritonflow.serving.model_config import ONNX_PLATFORM, ModelConfig
 
 BACKENDS = {
     "fil": "tritonflow.serving.backends.forest.ForestBackend",
     "onnxruntime": "tritonflow.serving.backends.onnx.OnnxBackend",
 }
-PLATFORMS = {"onnxruntime_onnx": "onnxruntime"}
+PLATFORMS = {ONNX_PLATFORM: "onnxruntime"}
 
 
 class BackendError(TritonflowError):

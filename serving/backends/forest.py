@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 import treelite
 import treelite.gtil
-from tritonclient.grpc import model_config_pb2 as pb
 
 from tritonflow.serving.backends import BackendError
 from tritonflow.serving.backends.base import Backend
-from tritonflow.serving.model_config import FilOptions, ModelConfig, fil_options, parameter
+from tritonflow.serving.model_config import FilOptions, ModelConfig, fil_options, instance_kind, parameter
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +168,7 @@ def _start_engine(path: Path, model: treelite.Model, config: ModelConfig, engine
             raise BackendError(f"engine 'nvforest' needs nvForest ({nvforest}): {INSTALL_HINT}")
         return "treelite-gtil", _gtil(model)
     device = "cpu"
-    if any(group.kind == pb.ModelInstanceGroup.KIND_GPU for group in config.instance_group):
+    if instance_kind(config) == "gpu":
         if cuda_device_count() > 0:
             device = "gpu"
         else:

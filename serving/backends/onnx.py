@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from tritonflow.serving import datatypes
 from tritonflow.serving.backends import BackendError
 from tritonflow.serving.backends.base import Backend
-from tritonflow.serving.model_config import ModelConfig, parameter
+from tritonflow.serving.model_config import ModelConfig, instance_kind, parameter
 
 ENGINES = ("auto", "onnxruntime")
 MODEL_FILE = "model.onnx"
@@ -91,8 +91,7 @@ def _session_options(config: ModelConfig) -> ort.SessionOptions:
 
 
 def _providers(config: ModelConfig) -> list[str]:
-    gpu = any(group.kind == pb.ModelInstanceGroup.KIND_GPU for group in config.instance_group)
-    if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+    if instance_kind(config) == "gpu" and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 

@@ -32,6 +32,17 @@ class Case:
     auto_format: str
     n_classes: int | None  # None for regressors
 
+    def answer(self, X: np.ndarray) -> np.ndarray:
+        """The library's own answer, called directly: class probabilities, or values as a column."""
+        if isinstance(self.model, xgb.Booster):
+            return self.model.predict(xgb.DMatrix(X))  # multi:softprob: (rows, classes)
+        if isinstance(self.model, lgb.Booster):
+            scores = self.model.predict(X)  # binary: P(class 1) only
+            return np.c_[1 - scores, scores] if scores.ndim == 1 else scores
+        if self.n_classes:
+            return self.model.predict_proba(X)
+        return self.model.predict(X).reshape(len(X), -1)
+
 
 def _data(task: str) -> tuple[np.ndarray, np.ndarray]:
     if task == "regression":

@@ -26,6 +26,8 @@ def test_every_family_answers_as_the_trained_model(case, fmt):
         assert report["rows"] == len(rows) and report["tolerance"] == 1e-5
         assert report["rule"].startswith("absolute" if case.n_classes else "relative")
         assert report["engine"].startswith("nvforest" if export.format == "treelite" else "onnxruntime")
+    # the served answers against the library's own predict_proba/predict, not only the adapter's
+    check_parity(dataclasses.replace(export, native_predict=case.answer), case.X)
 
 
 def _perturbed(export, by: float):

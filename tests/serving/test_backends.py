@@ -59,6 +59,7 @@ def _data(task: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 DATA = {task: _data(task) for task in ("binary", "multiclass", "regression")}
+WIDTH = {"binary": 2, "multiclass": 3, "regression": 1}  # values per row with predict_proba
 
 
 def _sklearn(est: Any) -> tuple[Any, treelite.Model]:
@@ -172,23 +173,27 @@ def test_checkpoint_matches_the_native_model(tmp_path, trained, family, task, en
     assert backend.engine == {"treelite": "treelite-gtil", "nvforest": "nvforest-cpu"}[engine]
 
 
+def class_output(
+    tmp_path: Path, trained: Any, family: str, task: str, engine: str, threshold: str = "0.5"
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """A classifier served for class output (predict_proba "false"): the estimator, X, the answers."""
+    est, model = trained(family, task)
+    X = DATA[task][0]
+    config = fil_config(1, predict_proba=False, threshold=threshold)
+    return est, X, predict(load_backend(version_dir(tmp_path, model), config, engine), X)
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize(("family", "task"), [c for c in CASES if c[1] != "regression"])
 def test_class_output_is_the_native_class(tmp_path, trained, family, task, engine):
-    est, model = trained(family, task)
-    X = DATA[task][0]
-    config = fil_config(1, predict_proba=False)
-    out = predict(load_backend(version_dir(tmp_path, model), config, engine), X)
+    est, X, out = class_output(tmp_path, trained, family, task, engine)
     assert out.shape == (len(X), 1)
     np.testing.assert_array_equal(out[:, 0], est.predict(X).astype(np.float32))
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_threshold_applies_to_single_score_binary_models(tmp_path, trained, engine):
-    est, model = trained("xgb", "binary")
-    X = DATA["binary"][0]
-    config = fil_config(1, predict_proba=False, threshold="0.8")
-    out = predict(load_backend(version_dir(tmp_path, model), config, engine), X)
+    est, X, out = class_output(tmp_path, trained, "xgb", "binary", engine, threshold="0.8")
     expected = (est.predict_proba(X)[:, 1] > 0.8).astype(np.float32)
     np.testing.assert_array_equal(out[:, 0], expected)
     assert 0 < expected.sum() < (est.predict(X) == 1).sum()  # the threshold changed some answers
@@ -198,10 +203,7 @@ def test_threshold_applies_to_single_score_binary_models(tmp_path, trained, engi
 def test_two_column_binary_models_answer_the_argmax_as_triton_does(tmp_path, trained, engine):
     # Triton's FIL backend takes the argmax when the model gives one score per class (RF),
     # whatever the threshold: the same repository must answer the same here.
-    est, model = trained("rf", "binary")
-    X = DATA["binary"][0]
-    config = fil_config(1, predict_proba=False, threshold="0.9")
-    out = predict(load_backend(version_dir(tmp_path, model), config, engine), X)
+    est, X, out = class_output(tmp_path, trained, "rf", "binary", engine, threshold="0.9")
     np.testing.assert_array_equal(out[:, 0], est.predict(X).astype(np.float32))
 
 
@@ -246,7 +248,7 @@ def test_default_model_filename_overrides_the_file_name(tmp_path, trained):
 def test_engines_agree(tmp_path, trained, family, task):
     _, model = trained(family, task)
     X = DATA[task][0]
-    width = 1 if task == "regression" else 2 if task == "binary" else 3
+    width = WIDTH[task]
     config = fil_config(width, classifier=task != "regression")
     folder = version_dir(tmp_path, model)
     gtil = predict(load_backend(folder, config, "treelite"), X)
@@ -422,7 +424,7 @@ def test_output_width_mismatch_is_refused(tmp_path, trained, family, task, confi
 def test_kind_gpu_runs_nvforest_on_the_gpu_with_the_same_answers(tmp_path, trained, family, task):
     _, model = trained(family, task)
     X = DATA[task][0]
-    width = 1 if task == "regression" else 2 if task == "binary" else 3
+    width = WIDTH[task]
     folder = version_dir(tmp_path, model)
     gpu = load_backend(folder, fil_config(width, classifier=task != "regression", kind="gpu"), "nvforest")
     assert gpu.engine == "nvforest-gpu"

@@ -133,9 +133,7 @@ def triton_backends(triton_env: Path, tmp_path_factory: pytest.TempPathFactory) 
     )
     usage = subprocess.run([str(backends.tritonserver), "--help"], capture_output=True, text=True)
     if "Usage: tritonserver" not in usage.stdout + usage.stderr:  # NOTE: --help exits 1 even when it works
-        reason = f"{backends.tritonserver} cannot run here: {(usage.stderr or usage.stdout)[-500:]}"
-        print(reason)
-        pytest.skip(reason)
+        pytest.skip(f"{backends.tritonserver} cannot run here: {(usage.stderr or usage.stdout)[-500:]}")
     return backends
 
 

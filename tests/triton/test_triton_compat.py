@@ -155,17 +155,10 @@ def node(serve_module: Any, repository: Path, deployed: dict[str, Deployed]) -> 
 
 
 # -- clients ----------------------------------------------------------------------------------------
-def infer_http(
-    client: httpclient.InferenceServerClient, model: str, X: np.ndarray
-) -> tuple[np.ndarray, dict]:
-    tensor = httpclient.InferInput("input__0", list(X.shape), "FP32")
-    tensor.set_data_from_numpy(X)
-    result = client.infer(model, [tensor])
-    return result.as_numpy("output__0"), result.get_response()
-
-
-def infer_grpc(client: grpcclient.InferenceServerClient, model: str, X: np.ndarray) -> tuple[np.ndarray, Any]:
-    tensor = grpcclient.InferInput("input__0", list(X.shape), "FP32")
+def infer(client: Any, model: str, X: np.ndarray) -> tuple[np.ndarray, Any]:
+    """output__0 and the response (a dict over HTTP, a protobuf over gRPC) for one request."""
+    protocol = grpcclient if isinstance(client, grpcclient.InferenceServerClient) else httpclient
+    tensor = protocol.InferInput("input__0", list(X.shape), "FP32")
     tensor.set_data_from_numpy(X)
     result = client.infer(model, [tensor])
     return result.as_numpy("output__0"), result.get_response()
@@ -224,9 +217,9 @@ def test_triton_answers_as_the_native_model_and_our_node(
     triton: Any, node: Server, deployed: dict[str, Deployed], model: str
 ) -> None:
     d = deployed[model]
-    over_http, http_response = infer_http(triton.http, model, d.X)
-    over_grpc, grpc_response = infer_grpc(triton.grpc, model, d.X)
-    from_node, node_response = infer_http(node.client, model, d.X)
+    over_http, http_response = infer(triton.http, model, d.X)
+    over_grpc, grpc_response = infer(triton.grpc, model, d.X)
+    from_node, node_response = infer(node.client, model, d.X)
     print(
         f"{model}: {d.native.shape} max |triton - native| {max_diff(over_http, d.native):.2e}, "
         f"|triton - node| {max_diff(over_http, from_node):.2e}"
@@ -256,7 +249,7 @@ def test_concurrent_requests_are_batched_and_split_back(triton: Any, fraud: Depl
 def test_triton_responses_trace_back_to_their_run(
     triton: Any, repository: Path, fraud: Deployed, metaflow_env_module: dict[str, str]
 ) -> None:
-    _, response = infer_http(triton.http, fraud.name, fraud.X[:1])
+    _, response = infer(triton.http, fraud.name, fraud.X[:1])
     doc = lineage(repository, f"{response['model_name']}:{response['model_version']}", metaflow_env_module)
     assert doc["deployment"]["deployment_id"] == fraud.deployment_id
     assert doc["run"]["pathspec"] == f"FraudFlow/{fraud.run_id}"
@@ -272,16 +265,14 @@ def test_a_second_deploy_becomes_the_version_triton_serves(
     triton.wait_ready("price", 2, timeout=10 * triton.POLL_SECS + 20)
     # version_policy latest 1: Triton unloads version 1 once version 2 is in
     wait_for(lambda: not triton.http.is_model_ready("price", "1"), timeout=20, what="price:1 unloaded")
-    answer, response = infer_http(triton.http, "price", X[:ROWS])
+    answer, response = infer(triton.http, "price", X[:ROWS])
     assert (response["model_name"], response["model_version"]) == ("price", "2")
     np.testing.assert_allclose(answer, model.predict(X[:ROWS]).reshape(-1, 1), rtol=1e-5, atol=ATOL)
     wait_for(
-        lambda: (
-            infer_http(node.client, "price", X[:1])[1]["parameters"]["deployment_id"] == record.deployment_id
-        ),
+        lambda: infer(node.client, "price", X[:1])[1]["parameters"]["deployment_id"] == record.deployment_id,
         what="our node to serve price:2",
     )
-    from_node, _ = infer_http(node.client, "price", X[:ROWS])
+    from_node, _ = infer(node.client, "price", X[:ROWS])
     np.testing.assert_allclose(answer, from_node, rtol=1e-5, atol=ATOL)
     doc = lineage(repository, f"price:{response['model_version']}", metaflow_env_module, "--no-metaflow")
     assert doc["deployment"]["deployment_id"] == "price:2@DirectFlow/202"
@@ -301,5 +292,5 @@ def test_onnx_versions_answer_as_the_native_model(
     model = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
     deploy_direct(repository, "onnx-lr", model, X, "301")
     triton.wait_ready("onnx-lr", 1, timeout=10 * triton.POLL_SECS + 20)
-    answer, _ = infer_http(triton.http, "onnx-lr", X[:ROWS])
+    answer, _ = infer(triton.http, "onnx-lr", X[:ROWS])
     np.testing.assert_allclose(answer, model.predict_proba(X[:ROWS]), rtol=1e-5, atol=ATOL)
