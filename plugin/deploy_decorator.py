@@ -197,7 +197,13 @@ class DeployDecorator(StepDecorator):
         if task is None:
             return []
         flow_name = self.flow_datastore.flow_name
-        names = [n for n, info in task._info.items() if any(t in info.get("type", "") for t in _DATA_TYPES)]
+        # NOTE: TaskDataStore._info (type per artifact) is private Metaflow API; no public one says the type
+        # without loading the artifact.
+        names = sorted(
+            n
+            for n, info in task._info.items()
+            if not n.startswith("_") and any(t in info.get("type", "") for t in _DATA_TYPES)
+        )
         shas = dict(zip(names, task.keys_for_artifacts(names), strict=True))
         sizes = dict(task.get_artifact_sizes(names))
         return [
@@ -208,8 +214,7 @@ class DeployDecorator(StepDecorator):
                 "type": task._info[name].get("type"),
                 "task": f"{flow_name}/{task.pathspec}",
             }
-            for name in sorted(names)
-            if not name.startswith("_")
+            for name in names
         ]
 
     def _metrics(self, flow) -> dict[str, Any]:

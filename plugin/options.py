@@ -14,6 +14,7 @@ from typing import Any
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.ids import check_model_name
 from tritonflow.lineage.repository import default_repository
+from tritonflow.serving.releases import NEWEST_TRITON, parse_triton_version
 
 FORMATS = ("auto", "treelite", "onnx")
 INSTANCE_KINDS = ("cpu", "gpu")
@@ -71,8 +72,6 @@ def parse_options(
     attributes: dict[str, Any], flow_name: str, is_join: bool, remote: str | None = None
 ) -> DeployOptions:
     """Check every attribute; `remote` names the remote-execution decorator on the step, if any."""
-    from tritonflow.serving.model_config import NEWEST_TRITON, parse_triton_version
-
     get = attributes.get
     model = _artifact(get("model") or "model", "model")
     select = SelectRule.parse(str(get("select"))) if get("select") else None

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import Server, servers
+import servers
+from servers import Server
 
 from tritonflow.lineage.records import DeploymentRecord, sha256_hex, utc_now
 
@@ -44,12 +45,6 @@ class S3Server:
         return boto3.session.Session().client("s3", endpoint_url=self.endpoint)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_until_up(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -66,7 +61,7 @@ def _wait_until_up(port: int, proc: subprocess.Popen[bytes], log: Path, timeout:
 @pytest.fixture
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (nothing listens on it)."""
-    return _free_port()
+    return servers.free_port()
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +86,7 @@ def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
 @pytest.fixture(scope="session")
 def s3_server(aws_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto's standalone S3 server as a real process; TRITONFLOW_S3_ENDPOINT_URL points at it."""
-    port = _free_port()
+    port = servers.free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("moto") / "moto_server.log"
     with log.open("wb") as out:
@@ -222,10 +217,10 @@ def metaflow_s3_env(
 def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """serve(repository, *args) -> a running Server; each is stopped after the test, which fails
     if the server logged a traceback (an unexpected 500) or did not stop cleanly."""
-    yield from servers(tmp_path)
+    yield from servers.servers(tmp_path)
 
 
 @pytest.fixture(scope="module")
 def serve_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Server]]:
     """`serve` for servers shared by a module's tests."""
-    yield from servers(tmp_path_factory.mktemp("server"))
+    yield from servers.servers(tmp_path_factory.mktemp("server"))

@@ -11,13 +11,13 @@ from tritonflow.serving.model_config import (
     TensorSpec,
     build_config,
     check_config,
-    classifier_key,
     fil_options,
     problems,
     render,
     signature,
     to_json,
 )
+from tritonflow.serving.releases import classifier_key
 
 
 def fil_spec(**changes):
