@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from machine import RESULTS, write_result
 
@@ -39,7 +42,8 @@ print(json.dumps({"imports_s": imports_s, "first_s": times[0], "warm_s": times[1
 """
 
 
-def models(quick: bool):
+def models(quick: bool) -> Iterator[tuple[str, tuple[Any, Any]]]:
+    """(label, (fitted model, its training rows)): what the child process unpickles, one library at a time."""
     import numpy as np
     import xgboost
     from lightgbm import LGBMClassifier
@@ -49,21 +53,15 @@ def models(quick: bool):
     X = rng.normal(size=(4000, 30)).astype("float32")
     y = (X[:, :5].sum(axis=1) + rng.normal(size=4000) > 0).astype(int)
     trees = 50 if quick else 500
-    yield (
-        "RandomForest 500x depth 8" if not quick else "RandomForest 50x depth 8",
+    for label, model in (
         (
-            RandomForestClassifier(n_estimators=trees, max_depth=8, n_jobs=-1, random_state=0).fit(X, y),
-            X,
+            f"RandomForest {trees}x depth 8",
+            RandomForestClassifier(n_estimators=trees, max_depth=8, n_jobs=-1, random_state=0),
         ),
-    )
-    yield (
-        f"XGBoost {trees} rounds depth 8",
-        (
-            xgboost.XGBClassifier(n_estimators=trees, max_depth=8, n_jobs=2).fit(X, y),
-            X,
-        ),
-    )
-    yield f"LightGBM {trees} rounds", (LGBMClassifier(n_estimators=trees, verbose=-1).fit(X, y), X)
+        (f"XGBoost {trees} rounds depth 8", xgboost.XGBClassifier(n_estimators=trees, max_depth=8, n_jobs=2)),
+        (f"LightGBM {trees} rounds", LGBMClassifier(n_estimators=trees, verbose=-1)),
+    ):
+        yield label, (model.fit(X, y), X)
 
 
 def main() -> None:
@@ -71,15 +69,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small models, few repeats")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON result")
     args = parser.parse_args()
-    import pickle
-
     repeats = 2 if args.quick else 6
+    env = {**os.environ, "METAFLOW_USER": os.environ.get("METAFLOW_USER", "bench")}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, payload in models(args.quick):
             path = Path(tmp) / "model.pkl"
             path.write_bytes(pickle.dumps(payload))
-            env = {**os.environ, "METAFLOW_USER": os.environ.get("METAFLOW_USER", "bench")}
             start = time.perf_counter()
             out = subprocess.run(
                 [sys.executable, "-c", CHILD, str(path), str(repeats)],

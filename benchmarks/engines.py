@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shutil
 import statistics
@@ -29,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 import treelite
 import xgboost as xgb
+from machine import RESULTS, machine
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 
@@ -40,7 +40,7 @@ from tritonflow.serving.model_config import ConfigSpec, ModelConfig, TensorSpec,
 N_FEATURES = 30
 BATCHES = (1, 16, 256, 1024, 16384, 65536)
 QUICK_BATCHES = (1, 16, 256, 1024)
-RESULTS = Path(__file__).parent / "results" / "engines.json"
+OUT = RESULTS / "engines.json"
 # backend -> (input, output) names: FIL's fixed ones, and those skl2onnx/onnxmltools write
 TENSORS = {"fil": ("input__0", "output__0"), "onnxruntime": ("input", "probabilities")}
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="a few seconds: batches up to 1024, short timing"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"JSON results (default {OUT})")
     args = parser.parse_args(argv)
     batches = QUICK_BATCHES if args.quick else BATCHES
     budget_s = 0.05 if args.quick else 1.0
@@ -188,13 +188,7 @@ def _report(rows: list[Row], agreement: dict[str, dict[str, float]], quick: bool
     return {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "quick": quick,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "load_average": os.getloadavg(),  # other work on the machine skews CPU timings
-            "gpu": gpu,
-        },
+        "machine": {**machine(), "gpu": gpu},
         "versions": {
             "python": platform.python_version(),
             "treelite": treelite.__version__,

@@ -53,11 +53,10 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from machine import machine
+from machine import RESULTS, machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-RESULTS = HERE / "results"
 N_FEATURES = 30
 BATCH_ROWS = (1_000, 65_536)
 GPU_BATCH_ROWS = (1, 16, 256, 1_024, 16_384, 65_536)  # as benchmarks/engines.py
@@ -98,28 +97,27 @@ QUICK = Plan(("starter-rf",), rounds=1, requests=300, load_s=2, batch_rows=BATCH
 # -- set-up -----------------------------------------------------------------------------------------
 def ensure_bench_extra() -> None:
     """Install the `bench` extra's packages (fastapi, matplotlib, psutil, ...) when any is missing."""
-    wanted = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["bench"]
     if all(importlib.util.find_spec(m) for m in ("fastapi", "matplotlib", "psutil")):
         return
+    wanted = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["bench"]
     print(f"installing the bench extra: {' '.join(wanted)}", flush=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", *wanted], check=True)
 
 
 def ensure_wrk() -> str | None:
     """wrk's path, installed from Debian's packages if missing; None (and why, printed) if it cannot be."""
-    if shutil.which("wrk"):
-        return shutil.which("wrk")
-    if shutil.which("apt-get") and os.geteuid() == 0:
+    if not shutil.which("wrk") and shutil.which("apt-get") and os.geteuid() == 0:
         print("installing wrk: apt-get install -y wrk", flush=True)
         for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
             subprocess.run(command, capture_output=True, check=False)
-    if not shutil.which("wrk"):
+    found = shutil.which("wrk")
+    if found is None:
         print(
             "load tests skipped: wrk is not installed and could not be (run `sudo apt-get install -y wrk`, "
             "or pass --no-load-generator)",
             flush=True,
         )
-    return shutil.which("wrk")
+    return found
 
 
 # -- models and repositories -----------------------------------------------------------------------
@@ -227,6 +225,9 @@ class Contender:
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def connect(self, timeout: float) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
 
 def tritonflow_contender(
     label: str, repository: Path, model: str, engine: str, *, workdir: Path
@@ -268,7 +269,7 @@ def wait_ready(contender: Contender, timeout: float = 120.0) -> None:
             raise RuntimeError(
                 f"{contender.label} exited:\n{contender.log.read_text(errors='replace')[-3000:]}"
             )
-        connection = http.client.HTTPConnection("127.0.0.1", contender.port, timeout=2)
+        connection = contender.connect(timeout=2)
         try:
             connection.request("GET", path)
             if connection.getresponse().status == 200:
@@ -315,8 +316,9 @@ def rss_mb(pid: int, field_name: str = "VmHWM") -> float:
     """
     import psutil
 
+    root = psutil.Process(pid)
     total_kb = 0
-    for process in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+    for process in [root, *root.children(recursive=True)]:
         try:
             status = Path(f"/proc/{process.pid}/status").read_text()
         except OSError:
@@ -343,9 +345,12 @@ def model_engine(contender: Contender) -> str:
             if "tritonflow fil:" in line and "runs on" in line:
                 return line.split("runs on ")[1].split(" ")[0] + " (python backend)"
         return "python backend"
-    connection = http.client.HTTPConnection("127.0.0.1", contender.port, timeout=10)
-    connection.request("GET", f"/v2/models/{contender.model}")
-    return str(json.loads(connection.getresponse().read()).get("engine", ""))
+    connection = contender.connect(timeout=10)
+    try:
+        connection.request("GET", f"/v2/models/{contender.model}")
+        return str(json.loads(connection.getresponse().read()).get("engine", ""))
+    finally:
+        connection.close()
 
 
 # -- requests -----------------------------------------------------------------------------------------
@@ -369,7 +374,7 @@ def single_row(contender: Contender, row: np.ndarray) -> Request:
 
 def sequential(contender: Contender, requests: list[Request], count: int, warmup: int = 50) -> np.ndarray:
     """Seconds per request, one keep-alive connection, one request at a time: the same loop for all."""
-    connection = http.client.HTTPConnection("127.0.0.1", contender.port, timeout=60)
+    connection = contender.connect(timeout=60)
     times = np.empty(count)
     for i in range(-warmup, count):
         request = requests[i % len(requests)]
@@ -447,7 +452,7 @@ def batch_call(contender: Contender, rows: np.ndarray) -> Callable[[], np.ndarra
     """
     if contender.protocol == "fastapi":
         body = json.dumps(rows.tolist()).encode()
-        connection = http.client.HTTPConnection("127.0.0.1", contender.port, timeout=600)
+        connection = contender.connect(timeout=600)
 
         def post() -> np.ndarray:
             connection.request("POST", "/predict_batch", body, {"Content-Type": "application/json"})
@@ -618,20 +623,22 @@ def bench_model(model: BenchModel, options: Options) -> dict[str, Any]:
     folder = options.workdir / model.name
     folder.mkdir(parents=True)
     contenders = contenders_for(model, publish(model, folder / "repositories", options.gpu), options)
+    timed = [c for c in contenders if "sequential" in c.measures]
+    # NOTE: built once, before timing: every round sends each contender the same 1,000 rows
+    requests = {c.label: [single_row(c, row) for row in model.rows[:1_000]] for c in timed}
     latencies: dict[str, list[np.ndarray]] = {}
     load: list[dict[str, Any]] = []
     with running(contenders):
         for contender in contenders:
             contender.engine = model_engine(contender)
         for round_no in range(plan.rounds):
-            for contender in rotated([c for c in contenders if "sequential" in c.measures], round_no):
-                requests = [single_row(contender, row) for row in model.rows[:1_000]]
-                times = sequential(contender, requests, plan.requests)
+            for contender in rotated(timed, round_no):
+                times = sequential(contender, requests[contender.label], plan.requests)
                 latencies.setdefault(contender.label, []).append(times)
                 p50 = np.median(times) * 1e3
                 say(f"{model.name} round {round_no + 1} {contender.label}: p50 {p50:.3f} ms")
             if options.wrk:
-                load += load_round(model, contenders, options, round_no)
+                load += load_round(model, contenders, options.wrk, plan.load_s, round_no)
         batch = [row for c in contenders if "batch" in c.measures for row in batch_rows(c, model, options)]
         servers = [server_facts(c) for c in contenders]
     return {
@@ -653,18 +660,16 @@ def bench_model(model: BenchModel, options: Options) -> dict[str, Any]:
 
 
 def load_round(
-    model: BenchModel, contenders: list[Contender], options: Options, round_no: int
+    model: BenchModel, contenders: list[Contender], wrk_path: str, seconds: int, round_no: int
 ) -> list[dict[str, Any]]:
     """One wrk run per contender and connection count; batching off joins at 64 connections only."""
     rows = []
     for connections in CONNECTIONS:
         for contender in rotated(contenders, round_no):
-            if "load" not in contender.measures and not (
-                "batching" in contender.measures and connections == 64
-            ):
+            if not ("load" in contender.measures or ("batching" in contender.measures and connections == 64)):
                 continue
             script = wrk_script(single_row(contender, model.rows[0]), contender.log.with_suffix(".lua"))
-            stats = wrk(options.wrk or "wrk", contender, script, connections, options.plan.load_s)
+            stats = wrk(wrk_path, contender, script, connections, seconds)
             rows.append(
                 {"contender": contender.label, "connections": connections, "round": round_no + 1, **stats}
             )
@@ -719,7 +724,7 @@ def _target(
     model: str, target: str, contender: str, value: float | None, required: str, ok: Callable[[float], bool]
 ) -> dict[str, Any]:
     """One target row; `met` is None where a contender was not measured (skipped)."""
-    met = None if value is None else ok(value)
+    met = None if value is None else bool(ok(value))  # NOTE: numpy's bool would reach the JSON as 1.0
     return {
         "model": model,
         "target": target,
@@ -736,7 +741,7 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, for every engine of the node, as ratios within this run."""
-    model = result["model"]
+    target = functools.partial(_target, result["model"])
     p50 = {row["contender"]: row["p50_ms"] for row in result["sequential"]}
     rps = {key: value["requests_per_s"] for key, value in load_medians(result).items()}
     facts = {row["contender"]: row for row in result["servers"]}
@@ -745,40 +750,19 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         vs_fastapi = _ratio(p50.get(FASTAPI), p50[node])
         vs_triton = _ratio(p50.get(TRITON), p50[node])
         throughput = _ratio(rps.get((node, 64)), rps.get((FASTAPI, 64)))
-        rows.append(
-            _target(model, "p50 at c1: FastAPI / node", node, vs_fastapi, ">= 20x", lambda x: x >= 20)
-        )
-        rows.append(_target(model, "p50 at c1: Triton / node", node, vs_triton, ">= 2x", lambda x: x >= 2))
-        rows.append(
-            _target(model, "req/s at c64: node / FastAPI", node, throughput, ">= 10x", lambda x: x >= 10)
-        )
+        rows.append(target("p50 at c1: FastAPI / node", node, vs_fastapi, ">= 20x", lambda x: x >= 20))
+        rows.append(target("p50 at c1: Triton / node", node, vs_triton, ">= 2x", lambda x: x >= 2))
+        rows.append(target("req/s at c64: node / FastAPI", node, throughput, ">= 10x", lambda x: x >= 10))
     for off in (label for label in facts if label.endswith(" batching off")):
         on = off.removesuffix(" batching off")
         ratio = _ratio(rps.get((on, 64)), rps.get((off, 64)))
-        rows.append(_target(model, "req/s at c64: batching on / off", on, ratio, "> 1x", lambda x: x > 1))
-    if "tritonflow treelite" in facts:
-        treelite = facts["tritonflow treelite"]
-        peak = treelite["rss_peak_mb"]
+        rows.append(target("req/s at c64: batching on / off", on, ratio, "> 1x", lambda x: x > 1))
+    treelite = "tritonflow treelite"
+    if treelite in facts:
+        peak, mapped = facts[treelite]["rss_peak_mb"], float(facts[treelite]["nvforest_mapped"])
+        rows.append(target("peak RSS MB, --engine treelite", treelite, peak, "< 400", lambda x: x < 400))
         rows.append(
-            _target(
-                model,
-                "peak RSS MB, --engine treelite",
-                "tritonflow treelite",
-                peak,
-                "< 400",
-                lambda x: x < 400,
-            )
-        )
-        mapped = float(treelite["nvforest_mapped"])
-        rows.append(
-            _target(
-                model,
-                "nvForest mapped by --engine treelite",
-                "tritonflow treelite",
-                mapped,
-                "0 (no)",
-                lambda x: x == 0,
-            )
+            target("nvForest mapped by --engine treelite", treelite, mapped, "0 (no)", lambda x: x == 0)
         )
     return rows
 
@@ -976,8 +960,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 # -- main ------------------------------------------------------------------------------------------------
 def engine_level_gpu(out: Path) -> None:
     """`--gpu`: benchmarks/engines.py's engine-level rows/s, GPU beside CPU, without duplicating it."""
-    sys.path.insert(0, str(HERE))
-    import engines
+    import engines  # NOTE: a sibling module: benchmarks/ is on sys.path, as for `machine` above
 
     engines.main(["--out", str(out / "serving_gpu_engines.json")])
 

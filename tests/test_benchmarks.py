@@ -1,4 +1,4 @@
-"""The benchmarks still run: each in its quick mode, as a subprocess, writing into a temporary folder."""
+"""The benchmarks still run: each in its quickest mode, as a subprocess, writing into a temporary folder."""
 
 from __future__ import annotations
 
@@ -69,3 +69,10 @@ def test_engines_quick(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert {"treelite-gtil", "onnxruntime-cpu"} <= {row["engine"] for row in report["results"]}
     assert all(diff < 1e-4 for model in report["max_abs_diff"].values() for diff in model.values())
+    assert report["machine"]["cores"] == os.cpu_count() and "gpu" in report["machine"]
+
+
+def test_lineage_lookup_once(tmp_path: Path) -> None:
+    run(BENCHMARKS / "lineage_lookup.py", "--repeats", "1", "--out", str(tmp_path), cwd=tmp_path)
+    rows = json.loads((tmp_path / "lineage_lookup.json").read_text())["results"]
+    assert len(rows) == 3 and all(row["median_s"] > 0 for row in rows.values())
