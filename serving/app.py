@@ -21,13 +21,14 @@ from tritonflow.serving.watcher import Watcher
 log = logging.getLogger("tritonflow.serving")
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+DEFAULT_POLL_INTERVAL = 5.0  # seconds
 
 
 @dataclass(frozen=True)
 class Settings:
     repository: str
     engine: str = "auto"
-    poll_interval: float = 5.0  # seconds; 0 turns polling off
+    poll_interval: float = DEFAULT_POLL_INTERVAL  # seconds; 0 turns polling off
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     cache_dir: Path | None = None  # where S3 versions are downloaded; default: default_cache_dir()
 
@@ -46,7 +47,6 @@ class App:
         self.plane = DataPlane(self.registry)
         self.router = Router(self.plane, settings.max_request_bytes, traffic)
         self.watcher = Watcher(self.registry, settings.poll_interval)
-        self.poll_interval = settings.poll_interval
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -62,8 +62,7 @@ class App:
             log.error("cannot load %s: %s", self.registry.repository.uri, exc)
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
-        if self.poll_interval > 0:
-            self.watcher.start()
+        self.watcher.start()
         self.plane.ready = True
         serving = ", ".join(sorted(mv.label for mv in self.registry.serving())) or "nothing yet"
         log.info("serving %s from %s", serving, self.registry.repository.uri)

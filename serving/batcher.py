@@ -25,7 +25,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter_ns
 from typing import Any
 
@@ -46,9 +46,12 @@ INLINE_ROWS = 16
 @dataclass(frozen=True, slots=True)
 class BatchPolicy:
     max_rows: int
-    target_rows: int
     preferred: frozenset[int]
     delay_ns: int
+    target_rows: int = field(init=False)  # gathering stops here: the largest preferred size, else max_rows
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_rows", max(self.preferred, default=self.max_rows))
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> BatchPolicy | None:
@@ -56,11 +59,9 @@ class BatchPolicy:
         if not config.HasField("dynamic_batching") or config.max_batch_size <= 0:
             return None
         batching = config.dynamic_batching
-        preferred = frozenset(batching.preferred_batch_size)
         return cls(
             max_rows=config.max_batch_size,
-            target_rows=max(preferred, default=config.max_batch_size),
-            preferred=preferred,
+            preferred=frozenset(batching.preferred_batch_size),
             delay_ns=batching.max_queue_delay_microseconds * 1000,
         )
 

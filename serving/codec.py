@@ -57,13 +57,16 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
 
 def decode_request(body: bytes, header_length: int | None) -> InferRequest:
     """Parse an infer request; every framing or tensor error is a MalformedRequest naming the part."""
-    if header_length is not None and not 0 <= header_length <= len(body):
+    if header_length is None:
+        text, binary = body, memoryview(b"")
+    elif 0 <= header_length <= len(body):
+        text, binary = body[:header_length], memoryview(body)[header_length:]
+    else:
         raise MalformedRequest(
             f"Inference-Header-Content-Length is {header_length}, but the body has {len(body)} bytes"
         )
-    binary = memoryview(body)[header_length:] if header_length is not None else memoryview(b"")
     try:
-        header = orjson.loads(body[:header_length] if header_length is not None else body)
+        header = orjson.loads(text)
     except ValueError as exc:
         raise MalformedRequest(f"the inference header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):

@@ -125,7 +125,7 @@ class DataPlane:
             try:
                 record = await asyncio.to_thread(self.registry.repository.read_record, model, number)
             except NotFound:
-                raise ModelNotFound(model, number, None) from None
+                raise ModelNotFound(model, number) from None
         served = sorted(serving.versions) if serving is not None else []
         # NOTE: the live Metaflow lookup imports metaflow on first use and reads its metadata: off the loop.
         live = await asyncio.to_thread(live_run, record)

@@ -251,7 +251,7 @@ class Router:
             chunks.append(chunk)
             if not message.get("more_body"):
                 break
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        body = b"".join(chunks)  # NOTE: a single chunk comes back as is, not copied
         encoding = headers.get(b"content-encoding")
         if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
             body = codec.decompress(body, encoding.decode("latin-1").strip().lower(), limit)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -27,7 +27,7 @@ from tritonflow.serving.backends import Backend, backend_name, load_backend
 from tritonflow.serving.batcher import Batcher, BatchPolicy, Traffic
 from tritonflow.serving.errors import InvalidVersion, LoadFailed, ModelNotFound
 from tritonflow.serving.metrics import VersionStats
-from tritonflow.serving.model_config import ModelConfig, check_config, pb, served_versions
+from tritonflow.serving.model_config import ModelConfig, check_config, served_versions, signature
 
 log = logging.getLogger("tritonflow.serving")
 
@@ -39,13 +39,12 @@ class Tensor(NamedTuple):
     dims: tuple[int, ...]  # without the batch dimension; -1: any size
 
 
-def _tensors(specs: Iterable[Any]) -> dict[str, Tensor]:
-    """Config inputs or outputs by name."""
-    out = {}
-    for spec in specs:
-        datatype = datatypes.from_config(pb.DataType.Name(spec.data_type))
-        out[spec.name] = Tensor(spec.name, datatype, datatypes.NUMPY[datatype], tuple(spec.dims))
-    return out
+def _tensors(specs: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """The inputs or outputs of a config's `signature`, by name."""
+    return {
+        t["name"]: Tensor(t["name"], t["datatype"], datatypes.NUMPY[t["datatype"]], tuple(t["dims"]))
+        for t in specs
+    }
 
 
 class ModelVersion:
@@ -72,8 +71,9 @@ class ModelVersion:
             "model_version": str(version),
             "deployment_id": record.deployment_id,
         }
-        self.inputs = _tensors(config.input)
-        self.outputs = _tensors(config.output)
+        tensors = signature(config)
+        self.inputs = _tensors(tensors["inputs"])
+        self.outputs = _tensors(tensors["outputs"])
         self.max_batch_size = config.max_batch_size
         self.stats = VersionStats()
         self.batcher = Batcher(
@@ -138,6 +138,15 @@ class Model:
             return self.config_error
         return "not selected by the config's version_policy"
 
+    def why_none(self) -> str:
+        """Why no version serves."""
+        if self.unloaded:
+            return "unloaded by request"
+        if self.config_error and self.config is None:
+            return self.config_error
+        reasons = [f"version {v}: {self.why_not(v)}" for v in self.published]
+        return "; ".join(reasons) or "no published version (a version folder needs its deployment.json)"
+
 
 class Registry:
     def __init__(self, repository: ModelRepository, engine: str, cache_dir: Path, traffic: Traffic) -> None:
@@ -153,10 +162,10 @@ class Registry:
         """The serving version asked for; no version: the highest one serving."""
         model = self.models.get(name)
         if model is None:
-            raise ModelNotFound(name, None, None)
+            raise ModelNotFound(name)
         if not version:
             if model.latest is None:
-                raise ModelNotFound(name, None, self._no_version_reason(model))
+                raise ModelNotFound(name, None, model.why_none())
             return model.latest
         number = layout.parse_version(version)
         if number is None:
@@ -171,10 +180,14 @@ class Registry:
         return [mv for model in self.models.values() for mv in model.versions.values()]
 
     # -- changes -----------------------------------------------------------------------------
-    async def load(self, name: str, *, requested: bool = False) -> None:
+    async def load(
+        self, name: str, published: Sequence[int] | None = None, *, requested: bool = False
+    ) -> None:
         """Bring `name` in line with the repository: check a changed config, load what the
-        version_policy selects, swap it in, retire the rest. `requested`: a load request, which
-        also retries refused versions and undoes an unload request; it raises if nothing serves.
+        version_policy selects, swap it in, retire the rest. `published`: the versions a scan of
+        the repository just found (the watcher's); None: list them here. `requested`: a load
+        request, which also retries refused versions and undoes an unload request; it raises if
+        nothing serves.
         """
         async with self._lock:
             model = self.models.get(name)
@@ -186,16 +199,16 @@ class Registry:
             elif model.unloaded:
                 return
             try:
-                text, published = await asyncio.to_thread(self._read, name)
+                text, versions = await asyncio.to_thread(self._read, name, published)
             except NotFound:
                 self._drop(name)
                 if requested:
                     raise ModelNotFound(name, None, f"it is not in {self.repository.uri}") from None
                 return
-            model.published = published
+            model.published = versions
             await self._apply(model, text)
             if requested and (model.config_error or not model.versions):
-                raise LoadFailed(name, model.config_error or self._no_version_reason(model))
+                raise LoadFailed(name, model.config_error or model.why_none())
 
     async def unload(self, name: str) -> None:
         """Stop serving every version of `name` until a load request (an unload request)."""
@@ -238,8 +251,9 @@ class Registry:
         return rows
 
     # -- internals -----------------------------------------------------------------------------
-    def _read(self, name: str) -> tuple[str, list[int]]:
-        return self.repository.read_config(name), self.repository.versions(name)
+    def _read(self, name: str, published: Sequence[int] | None) -> tuple[str, list[int]]:
+        text = self.repository.read_config(name)
+        return text, self.repository.versions(name) if published is None else list(published)
 
     async def _apply(self, model: Model, text: str) -> None:
         config, fresh = model.config, False
@@ -322,15 +336,6 @@ class Registry:
         model = self.models.pop(name, None)
         if model is not None:
             self._swap(model, {})
-
-    @staticmethod
-    def _no_version_reason(model: Model) -> str:
-        if model.unloaded:
-            return "unloaded by request"
-        if model.config_error and model.config is None:
-            return model.config_error
-        reasons = [f"version {v}: {model.why_not(v)}" for v in model.published]
-        return "; ".join(reasons) or "no published version (a version folder needs its deployment.json)"
 
 
 def _row(name: str, version: str, state: str, reason: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from tritonflow.lineage.repository import ModelRepository
-from tritonflow.serving.app import DEFAULT_MAX_REQUEST_BYTES, Settings, create_app
+from tritonflow.serving.app import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_POLL_INTERVAL, Settings, create_app
 
 ENGINES = ("auto", "nvforest", "treelite")
 
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--poll-interval",
         type=float,
-        default=5.0,
+        default=DEFAULT_POLL_INTERVAL,
         metavar="SECONDS",
         help="how often to look for new versions and config changes; 0: never (default: %(default)s)",
     )
@@ -46,14 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache-dir",
         type=Path,
         metavar="DIR",
-        help="where versions from S3 are downloaded (default: ~/.cache/tritonflow/models)",
+        help="where versions from S3 are downloaded "
+        "(default: tritonflow/models under $XDG_CACHE_HOME, else under ~/.cache)",
     )
 
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # NOTE: a mistyped path or bucket is a one-line error here, before the port is bound.
-    ModelRepository(args.repository).models()
+    # NOTE: a mistyped path or bucket is a one-line error here, not a failed uvicorn startup; the
+    # root listing is what fails, the app's first scan reads the rest.
+    ModelRepository(args.repository).store.list("")
     settings = Settings(
         repository=args.repository,
         engine=args.engine,

@@ -54,7 +54,7 @@ class Watcher:
             if self._seen.get(name) == state:
                 continue
             try:
-                await self.registry.load(name)
+                await self.registry.load(name, state[1])
             except TritonflowError as exc:
                 log.error("loading %s failed, retrying at the next poll: %s", name, exc)
                 del seen[name]
@@ -64,7 +64,9 @@ class Watcher:
         self._seen = seen
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._poll())
+        """Poll every `interval` seconds from now on; an interval of 0 turns polling off."""
+        if self.interval > 0:
+            self._task = asyncio.get_running_loop().create_task(self._poll())
 
     async def stop(self) -> None:
         if self._task is not None:

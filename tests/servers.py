@@ -86,16 +86,20 @@ class Server:
         return rows[0] if rows else {}
 
     def wait_for_state(self, model: str, version: int, state: str) -> dict[str, str]:
-        """Wait until the index lists the version in `state`; its row."""
-        wait_for(
-            lambda: self.index_row(model, version).get("state") == state, what=f"{model}:{version} {state}"
-        )
-        return self.index_row(model, version)
+        """Wait until the index lists the version in `state`; that row (not a later reading)."""
+
+        def row() -> dict[str, str] | None:
+            found = self.index_row(model, version)
+            return found if found.get("state") == state else None
+
+        return wait_for(row, what=f"{model}:{version} {state}")
 
     def metric(self, name: str, model: str, version: int | str) -> float:
+        """A loaded version's sample; a missing series fails (a loaded version has all of them)."""
         text = self.request("GET", "/metrics")[2].decode()
         match = re.search(rf'^{name}{{model="{model}",version="{version}"}} (\S+)$', text, re.M)
-        return float(match.group(1)) if match else 0.0
+        assert match, f"no {name} series for {model}:{version} in /metrics:\n{text}"
+        return float(match.group(1))
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

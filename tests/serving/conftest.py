@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import sklearn
 import treelite
-from servers import Server, free_port, wait_for  # noqa: F401 (re-exported to the tests here)
+from servers import Server, wait_for  # noqa: F401 (re-exported to the tests here)
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 

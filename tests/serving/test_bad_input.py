@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ X = data()[0][:1]
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Server, DeploymentRecord]:
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DeploymentRecord]:
     root = tmp_path_factory.mktemp("bad-input") / "repo"
     root.mkdir()
     return root, publish(root, MODEL, forest(), config_for(MODEL, forest(), max_batch_size=MAX_ROWS))
@@ -85,7 +86,7 @@ def framed(header: dict[str, Any], payload: bytes) -> dict[str, Any]:
     return {"payload": raw, "headers": headers}
 
 
-ROWS_65 = tensor(shape=[MAX_ROWS + 1, 8], data=[0.5] * 8 * (MAX_ROWS + 1))
+ROWS_65 = tensor(shape=[MAX_ROWS + 1, N_FEATURES], data=[0.5] * N_FEATURES * (MAX_ROWS + 1))
 LENGTH = "Inference-Header-Content-Length"
 VERSIONS = f"/v2/models/{MODEL}/versions"
 CASES = [

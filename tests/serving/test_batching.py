@@ -97,7 +97,7 @@ def double(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def policy(max_rows: int = 8, preferred: tuple[int, ...] = (), delay_s: float = 0.0) -> BatchPolicy:
-    return BatchPolicy(max_rows, max(preferred, default=max_rows), frozenset(preferred), int(delay_s * 1e9))
+    return BatchPolicy(max_rows, frozenset(preferred), int(delay_s * 1e9))
 
 
 async def run_batch(

@@ -199,7 +199,20 @@ def test_latest_two_keeps_two_versions_and_routes_to_the_highest(serve, local_re
     wait_for(lambda: serving_id(server) == v2.deployment_id, what="v2 to serve")
     assert server.client.get_model_metadata(MODEL)["versions"] == ["1", "2"]
     status, _, body = server.request("GET", f"/v2/models/{MODEL}/versions/1/lineage")
+    assert status == 200, body
     assert json.loads(body)["deployment"]["deployment_id"] == v1.deployment_id
     v3 = publish(local_repo, MODEL, forest(0), config, run_id="1000000000000003")
     wait_for(lambda: server.client.get_model_metadata(MODEL)["versions"] == ["2", "3"], what="v1 to leave")
     assert serving_id(server) == v3.deployment_id
+
+
+def test_poll_interval_zero_leaves_changes_to_a_load_request(serve, local_repo):
+    v1 = publish(local_repo, MODEL, forest(0), run_id="1000000000000001")
+    server = serve(local_repo, "--poll-interval", "0")  # the last --poll-interval wins
+    v2 = publish(local_repo, MODEL, forest(2), run_id="1000000000000002")
+    time.sleep(0.6)  # three polls, had polling been on
+    assert serving_id(server) == v1.deployment_id
+    server.client.load_model(MODEL)  # the repository API lists the versions itself
+    answer = infer(server)
+    assert answer.deployment == v2.deployment_id
+    np.testing.assert_allclose(answer.outputs, forest(2).proba(X), atol=PROBA_ATOL)
