@@ -298,7 +298,9 @@ class Registry:
             for mv in loaded.values():
                 mv.retire()
             return
-        model.config, model.config_error, model.refused = config, None, refused
+        model.config, model.refused = config, refused
+        if fresh:  # only accepting a new text clears the error of a refused one
+            model.config_error = None
         for mv in set(loaded.values()) - set(serving.values()):
             mv.retire()
         self._swap(model, serving)

@@ -173,6 +173,7 @@ def test_config_change_reloads_and_a_broken_config_keeps_the_previous_one(serve,
 
     config_file.write_text(render(config_for(MODEL, forest(0), max_batch_size=16)))
     wait_for(lambda: server.client.get_model_config(MODEL)["max_batch_size"] == 16, what="the new config")
+
     assert server.index_row(MODEL, 1) == {"name": MODEL, "version": "1", "state": "READY", "reason": ""}
     assert infer(server, data()[0][:16]).status == 200
     too_many = infer(server, data()[0][:17])
@@ -216,3 +217,22 @@ def test_poll_interval_zero_leaves_changes_to_a_load_request(serve, local_repo):
     answer = infer(server)
     assert answer.deployment == v2.deployment_id
     np.testing.assert_allclose(answer.outputs, forest(2).proba(X), atol=PROBA_ATOL)
+
+
+def test_a_new_version_does_not_hide_a_broken_config(serve, local_repo):
+    publish(local_repo, MODEL, forest(0))
+    server = serve(local_repo)
+    config_file = local_repo / MODEL / "config.pbtxt"
+    broken = config_file.read_text().replace("max_batch_size: 1024", "max_batch_size: banana")
+    config_file.write_text(broken)
+    wait_for(lambda: "serving the previous config" in server.index_row(MODEL, 1)["reason"], what="the error")
+
+    # A new version published while config.pbtxt stays broken: it loads under the previous config,
+    # and the index keeps saying that the config on disk is refused.
+    repo = ModelRepository(str(local_repo))
+    trained = forest(2)
+    repo.publish(
+        MODEL, broken, trained.files, make_record(repo, MODEL, broken, trained, "1000000000000002"), {}
+    )
+    server.wait_for_state(MODEL, 2, "READY")
+    assert "serving the previous config" in server.index_row(MODEL, 2)["reason"]
