@@ -5,6 +5,7 @@ Version claims live in `<model>/.versions/<version>`: Triton ignores non-numeric
 """
 
 import re
+from collections.abc import Iterable
 
 CONFIG = "config.pbtxt"
 RECORD = "deployment.json"
@@ -26,6 +27,11 @@ def record_key(model: str, version: int) -> str:
 
 def claim_key(model: str, version: int) -> str:
     return f"{model}/{CLAIMS}/{version}"
+
+
+def version_numbers(names: Iterable[str]) -> list[int]:
+    """The version numbers among a model folder's entries, ascending."""
+    return sorted(v for v in map(parse_version, names) if v is not None)
 
 
 def parse_version(name: str) -> int | None:

@@ -40,13 +40,17 @@ class ModelRepository:
     # -- reading -----------------------------------------------------------------------------
     def models(self) -> list[str]:
         """Models with a config.pbtxt, by name."""
+        return list(self.model_folders())
+
+    def model_folders(self) -> dict[str, list[str]]:
+        """Each model's folder entries, for models with a config.pbtxt: one listing per model."""
         names = [n for n in self.store.list("") if not n.startswith(".")]
-        return [n for n in names if layout.CONFIG in self.store.list(n)]
+        listings = {n: self.store.list(n) for n in names}
+        return {n: entries for n, entries in listings.items() if layout.CONFIG in entries}
 
     def version_numbers(self, model: str) -> list[int]:
         """Every numeric version folder, finished or not, ascending."""
-        found = (layout.parse_version(n) for n in self.store.list(model))
-        return sorted(v for v in found if v is not None)
+        return layout.version_numbers(self.store.list(model))
 
     def versions(self, model: str) -> list[int]:
         """Published versions (those with a deployment record), ascending."""

@@ -26,11 +26,11 @@ def scan(repository: ModelRepository, seen: State) -> State:
     """Cheap listing of the repository (blocking). A version seen published stays published, so
     only new folders are checked for their record."""
     found: State = {}
-    for name in repository.models():
+    for name, entries in repository.model_folders().items():
         known = set(seen[name][1]) if name in seen else set()
         published = tuple(
             v
-            for v in repository.version_numbers(name)
+            for v in layout.version_numbers(entries)
             if v in known or repository.store.fingerprint(layout.record_key(name, v)) is not None
         )
         found[name] = (repository.store.fingerprint(layout.config_key(name)), published)
