@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from servers import free_port, wait_for
+from servers import free_port, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = (
@@ -188,16 +188,10 @@ class Triton:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        code = stop_process(self.process)
         self.http.close()
         self.grpc.close()
-        return self.process.returncode
+        return code
 
 
 @pytest.fixture(scope="module")
