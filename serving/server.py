@@ -14,8 +14,7 @@ import uvicorn
 
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.serving.app import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_POLL_INTERVAL, Settings, create_app
-
-ENGINES = ("auto", "nvforest", "treelite")
+from tritonflow.serving.backends import FOREST_ENGINES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--engine",
-        choices=ENGINES,
+        choices=FOREST_ENGINES,
         default="auto",
         help="what runs forest (FIL) models: nvForest, Treelite's GTIL, or auto (nvForest when installed)",
     )

@@ -9,6 +9,9 @@ from tritonflow.lineage.errors import TritonflowError
 from tritonflow.serving.backends.base import Backend
 from tritonflow.serving.model_config import ONNX_PLATFORM, ModelConfig
 
+# What `tritonflow serve --engine` chooses among (it applies to forest models).
+FOREST_ENGINES = ("auto", "nvforest", "treelite")
+
 BACKENDS = {
     "fil": "tritonflow.serving.backends.forest.ForestBackend",
     "onnxruntime": "tritonflow.serving.backends.onnx.OnnxBackend",
@@ -34,4 +37,4 @@ def load_backend(version_dir: Path, config: ModelConfig, engine: str = "auto") -
     return getattr(importlib.import_module(module), cls)(version_dir, config, engine)
 
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "backend_name", "load_backend"]
+__all__ = ["BACKENDS", "FOREST_ENGINES", "Backend", "BackendError", "backend_name", "load_backend"]

@@ -23,13 +23,12 @@ import numpy as np
 import treelite
 import treelite.gtil
 
-from tritonflow.serving.backends import BackendError
+from tritonflow.serving.backends import FOREST_ENGINES, BackendError
 from tritonflow.serving.backends.base import Backend
 from tritonflow.serving.model_config import FilOptions, ModelConfig, fil_options, instance_kind, parameter
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "nvforest", "treelite")
 LAYOUTS = ("depth_first", "breadth_first", "layered")
 INSTALL_HINT = "pip install 'tritonflow[gpu]'"
 # Both engines run a batch on OpenMP threads; a batch then waits on its slowest thread, and one busy
@@ -48,8 +47,10 @@ class ForestBackend(Backend):
     """One forest model version under a FIL config: `input[0]` (rows, n_features) -> `output[0]`."""
 
     def __init__(self, version_dir: Path, config: ModelConfig, engine: str = "auto") -> None:
-        if engine not in ENGINES:
-            raise BackendError(f"engine {engine!r} is not a forest engine: use one of {', '.join(ENGINES)}")
+        if engine not in FOREST_ENGINES:
+            raise BackendError(
+                f"engine {engine!r} is not a forest engine: use one of {', '.join(FOREST_ENGINES)}"
+            )
         if len(config.input) != 1 or len(config.output) != 1:
             raise BackendError(
                 f"model {config.name!r}: the FIL backend takes exactly one input and one output"
