@@ -10,6 +10,7 @@ load is refused with its reason and never replaces one that serves.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -333,11 +334,25 @@ class Registry:
         model.latest = serving[max(serving)] if serving else None
         for mv in set(old.values()) - set(serving.values()):
             mv.retire()
+        if set(serving.values()) - set(old.values()):
+            _settle_heap()
 
     def _drop(self, name: str) -> None:
         model = self.models.pop(name, None)
         if model is not None:
             self._swap(model, {})
+
+
+def _settle_heap() -> None:
+    """Keep what the loads left alive (engines, their modules) out of the garbage collector's walks.
+
+    NOTE: a full collection walks every tracked object, ~60k once nvForest is imported: 14 ms in
+    which the loop answers nothing. Under load that was the p99 (16 ms against a 2 ms p90 at 64
+    connections). Frozen objects are skipped; unfreezing first lets retired versions' cycles go.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _row(name: str, version: str, state: str, reason: str) -> dict[str, str]:

@@ -140,16 +140,26 @@ def test_batcher_merges_up_to_max_rows_and_splits_by_offsets():
 
 
 def test_batcher_runs_a_preferred_size_without_waiting_out_the_delay():
-    _, executions, elapsed = asyncio.run(run_batch(policy(preferred=(4,), delay_s=5.0), [1, 1, 1, 1], 10))
-    assert [e.rows for e in executions] == [4]
+    # more rows than run inline, so the worker gathers them
+    sizes = [INLINE_ROWS // 2 + 1] * 2
+    batch_policy = policy(64, preferred=(sum(sizes),), delay_s=5.0)
+    _, executions, elapsed = asyncio.run(run_batch(batch_policy, sizes, 10))
+    assert [e.rows for e in executions] == [sum(sizes)]
     assert elapsed < 2.5
 
 
 def test_batcher_waits_for_others_only_while_they_are_in_the_server():
-    _, executions, elapsed = asyncio.run(run_batch(policy(delay_s=5.0), [1], 1))
-    assert [e.rows for e in executions] == [1] and elapsed < 2.5  # alone: no one to wait for
-    _, executions, elapsed = asyncio.run(run_batch(policy(delay_s=0.3), [1], 3))
-    assert [e.rows for e in executions] == [1] and elapsed >= 0.3  # others in the server: wait the delay
+    rows = [INLINE_ROWS + 1]  # for the worker (a small request runs inline without waiting)
+    _, executions, elapsed = asyncio.run(run_batch(policy(64, delay_s=5.0), rows, 1))
+    assert [e.rows for e in executions] == rows and elapsed < 2.5  # alone: no one to wait for
+    _, executions, elapsed = asyncio.run(run_batch(policy(64, delay_s=0.3), rows, 3))
+    assert [e.rows for e in executions] == rows and elapsed >= 0.3  # others in the server: wait the delay
+
+
+def test_requests_submitted_in_one_turn_of_the_loop_run_as_one_call_without_waiting():
+    _, executions, elapsed = asyncio.run(run_batch(policy(64, delay_s=5.0), [1, 3, 2, 1], 4))
+    assert [e.rows for e in executions] == [7]
+    assert elapsed < 2.5
 
 
 def test_batcher_without_a_policy_runs_each_request_alone():
@@ -177,8 +187,8 @@ def on_which_thread(inputs: dict[str, np.ndarray], seen: list[str]) -> dict[str,
     return double(inputs)
 
 
-@pytest.mark.parametrize("batch_policy", [None, policy(delay_s=0.001)])
-def test_a_small_request_alone_in_the_server_runs_inline_on_the_loop(batch_policy):
+@pytest.mark.parametrize("batch_policy", [None, policy(64, delay_s=0.001)])
+def test_a_small_engine_call_runs_inline_on_the_loop(batch_policy):
     seen: list[str] = []
     loop_thread = threading.current_thread().name  # asyncio.run runs the loop on this thread
 
@@ -187,9 +197,34 @@ def test_a_small_request_alone_in_the_server_runs_inline_on_the_loop(batch_polic
     seen.clear()
     asyncio.run(run_batch(batch_policy, [INLINE_ROWS + 1], 1, predict=lambda x: on_which_thread(x, seen)))
     assert seen == ["engine test:1"]  # too big to hold the loop
+
+
+def test_without_batching_requests_with_others_in_the_server_go_to_the_worker():
+    seen: list[str] = []
+    asyncio.run(run_batch(None, [1, 1], 2, predict=lambda x: on_which_thread(x, seen)))
+    assert seen == ["engine test:1"] * 2
+
+
+def test_with_batching_a_small_turn_runs_inline_and_a_large_one_on_the_worker():
+    seen: list[str] = []
+    loop_thread = threading.current_thread().name
+
+    def predict(x):
+        return on_which_thread(x, seen)
+
+    _, executions, _ = asyncio.run(run_batch(policy(64), [2, 2], 2, predict=predict))
+    assert seen == [loop_thread] and [e.rows for e in executions] == [4]
     seen.clear()
-    asyncio.run(run_batch(batch_policy, [1, 1], 2, predict=lambda x: on_which_thread(x, seen)))
-    assert loop_thread not in seen  # others in the server: the worker runs (and may merge) them
+    sizes = [INLINE_ROWS // 2 + 1] * 2
+    _, executions, _ = asyncio.run(run_batch(policy(64), sizes, 2, predict=predict))
+    assert loop_thread not in seen and sum(e.rows for e in executions) == sum(sizes)
+
+
+@pytest.mark.parametrize("max_rows", [2, 3])
+def test_an_inline_turn_never_exceeds_max_batch_size(max_rows):
+    _, executions, _ = asyncio.run(run_batch(policy(max_rows), [1, 1, 1, 1], 4))
+    assert sum(e.rows for e in executions) == 4
+    assert all(e.rows <= max_rows for e in executions)
 
 
 def test_an_inline_failure_is_reported_like_any_other():
