@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 
+from tritonflow.lineage.imports import load_object
 from tritonflow.lineage.store.base import Store
 
 # scheme -> "module.Class", imported on first use (boto3 only when S3 is used).
@@ -20,8 +20,8 @@ def open_store(uri: str | os.PathLike[str]) -> Store:
     scheme = uri.split("://", 1)[0] if "://" in uri else "file"
     if scheme not in STORES:
         raise ValueError(f"unsupported repository {uri!r}: use a local path or s3://bucket/prefix")
-    module, cls = STORES[scheme].rsplit(".", 1)
-    return getattr(importlib.import_module(module), cls)(uri)
+    store: Store = load_object(STORES[scheme])(uri)
+    return store
 
 
 __all__ = ["Store", "open_store"]

@@ -9,9 +9,9 @@ that model (its trees stay trees); one with real preprocessing is a whole graph,
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
+from tritonflow.lineage.imports import load_object
 from tritonflow.plugin.exporters.base import Export, Exporter, ExportError
 from tritonflow.serving.model_config import ConfigSpec
 
@@ -33,7 +33,7 @@ def export_model(model: Any, fmt: str, n_features: int, triton_version: str) -> 
     if fmt != "auto" and fmt not in EXPORTERS:
         raise ExportError(f"format {fmt!r} is not one of auto, {', '.join(EXPORTERS)}")
     model = unwrap_pipeline(model)
-    native = _load(FAMILIES, _family(model))(model)
+    native = load_object(FAMILIES[_family(model)])(model)
     if fmt == "auto":
         # NOTE: in table order, imported only when reached: a tree ensemble never loads the ONNX exporter.
         fmt = next(name for name in EXPORTERS if _exporter(name).can_export(native))
@@ -85,13 +85,9 @@ def unwrap_pipeline(model: Any) -> Any:
     return model
 
 
-def _load(table: dict[str, str], name: str) -> Any:
-    module, cls = table[name].rsplit(".", 1)
-    return getattr(importlib.import_module(module), cls)
-
-
 def _exporter(name: str) -> Exporter:
-    return _load(EXPORTERS, name)()
+    exporter: Exporter = load_object(EXPORTERS[name])()
+    return exporter
 
 
 __all__ = [

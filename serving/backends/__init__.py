@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from tritonflow.lineage.errors import TritonflowError
+from tritonflow.lineage.imports import load_object
 from tritonflow.serving.backends.base import Backend
 from tritonflow.serving.model_config import ONNX_PLATFORM, ModelConfig
 
@@ -33,8 +33,8 @@ def backend_name(config: ModelConfig) -> str:
 
 
 def load_backend(version_dir: Path, config: ModelConfig, engine: str = "auto") -> Backend:
-    module, cls = BACKENDS[backend_name(config)].rsplit(".", 1)
-    return getattr(importlib.import_module(module), cls)(version_dir, config, engine)
+    backend: Backend = load_object(BACKENDS[backend_name(config)])(version_dir, config, engine)
+    return backend
 
 
 __all__ = ["BACKENDS", "FOREST_ENGINES", "Backend", "BackendError", "backend_name", "load_backend"]

@@ -173,3 +173,22 @@ def test_missing_credentials_are_explained(s3_bucket, monkeypatch):
 def test_bad_s3_uri_is_refused():
     with pytest.raises(RepositoryError, match="expected s3://bucket/prefix"):
         S3Store("s3:///models")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.write("blocker/key", b"x"),
+        lambda s: s.create("blocker/key", b"x"),
+        lambda s: s.publish("blocker/1", {"a": b"x", "record": b"{}"}, last="record"),
+    ],
+    ids=["write", "create", "publish"],
+)
+def test_local_file_system_failures_are_repository_errors_naming_the_path(local_repo, call):
+    store = LocalStore(str(local_repo))
+    store.write("blocker", b"a file where a folder belongs")  # fails as root too, unlike permissions
+    with pytest.raises(RepositoryError, match="could not .* .*blocker"):
+        call(store)
+    assert store.read("blocker") == b"a file where a folder belongs"
+    with pytest.raises(NotFound):
+        store.read("blocker/key")

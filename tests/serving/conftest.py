@@ -115,7 +115,7 @@ def config_for(
     return config
 
 
-def make_record(
+def record_maker(
     repo: ModelRepository, name: str, config_text: str, trained: Trained, run_id: str
 ) -> Callable[[int], DeploymentRecord]:
     """A realistic record, as the @deploy decorator writes it, for the version publish claims."""
@@ -185,6 +185,6 @@ def publish(
         name,
         text,
         trained.files if files is None else files,
-        make_record(repo, name, text, trained, run_id),
+        record_maker(repo, name, text, trained, run_id),
         owner={"run": f"TestFlow/{run_id}"},
     )

@@ -23,8 +23,8 @@ from conftest import (
     config_for,
     data,
     forest,
-    make_record,
     publish,
+    record_maker,
     wait_for,
 )
 
@@ -144,7 +144,7 @@ def test_version_folder_without_its_record_is_ignored(serve, local_repo):
     assert server.index_row(MODEL, 2) == {}
     assert serving_id(server) == v1.deployment_id
     text = repo.read_config(MODEL)
-    record = make_record(repo, MODEL, text, forest(2), "1000000000000002")(2)
+    record = record_maker(repo, MODEL, text, forest(2), "1000000000000002")(2)
     (unfinished / "deployment.json").write_bytes(record.to_json())  # the publish completes
     wait_for(lambda: serving_id(server) == record.deployment_id, what="v2 to serve once its record is there")
 
@@ -232,7 +232,7 @@ def test_a_new_version_does_not_hide_a_broken_config(serve, local_repo):
     repo = ModelRepository(str(local_repo))
     trained = forest(2)
     repo.publish(
-        MODEL, broken, trained.files, make_record(repo, MODEL, broken, trained, "1000000000000002"), {}
+        MODEL, broken, trained.files, record_maker(repo, MODEL, broken, trained, "1000000000000002"), {}
     )
     server.wait_for_state(MODEL, 2, "READY")
     assert "serving the previous config" in server.index_row(MODEL, 2)["reason"]
