@@ -1,15 +1,18 @@
 """Triton's model repository layout as pure key functions ('/'-separated, relative to the root).
 
 `<model>/config.pbtxt`, `<model>/<version>/<model file>`, `<model>/<version>/deployment.json`.
-Version claims live in `<model>/.versions/<version>`: Triton ignores non-numeric folders.
+Version claims live in `<model>/.versions/<version>`, and the versions each Metaflow task
+published in `<model>/.tasks/<digest of its pathspec>/<version>`: Triton ignores non-numeric folders.
 """
 
+import hashlib
 import re
 from collections.abc import Iterable
 
 CONFIG = "config.pbtxt"
 RECORD = "deployment.json"
 CLAIMS = ".versions"
+TASKS = ".tasks"
 _VERSION_RE = re.compile(r"[1-9][0-9]*")
 
 
@@ -27,6 +30,15 @@ def record_key(model: str, version: int) -> str:
 
 def claim_key(model: str, version: int) -> str:
     return f"{model}/{CLAIMS}/{version}"
+
+
+def task_prefix(model: str, task: str) -> str:
+    """Where the versions published by Metaflow task `task` (a pathspec) are indexed."""
+    return f"{model}/{TASKS}/{hashlib.sha256(task.encode()).hexdigest()[:32]}"
+
+
+def task_key(model: str, task: str, version: int) -> str:
+    return f"{task_prefix(model, task)}/{version}"
 
 
 def version_numbers(names: Iterable[str]) -> list[int]:

@@ -66,9 +66,6 @@ class ModelRepository:
         except NotFound:
             raise NotFound(f"model {model!r} has no config.pbtxt in {self.uri}") from None
 
-    def has_model(self, model: str) -> bool:
-        return self.store.fingerprint(layout.config_key(model)) is not None
-
     def read_record(self, model: str, version: int) -> DeploymentRecord:
         record = self._record(model, version)
         if record is None:
@@ -117,8 +114,12 @@ class ModelRepository:
         ]
 
     def find_task_deployment(self, model: str, task: str, sha256s: set[str]) -> DeploymentRecord | None:
-        """A version this task already published with the same files (idempotent retries)."""
-        for v in reversed(self.version_numbers(model)):
+        """A version this task already published with the same files (idempotent retries).
+
+        One listing of the task's index and a record read per version it lists (usually one),
+        however many versions the model has.
+        """
+        for v in reversed(layout.version_numbers(self.store.list(layout.task_prefix(model, task)))):
             record = self._record(model, v)
             if record and record.task_pathspec == task and {f["sha256"] for f in record.files} == sha256s:
                 return record
@@ -147,16 +148,23 @@ class ModelRepository:
         files: dict[str, bytes],
         make_record: Callable[[int], DeploymentRecord],
         owner: dict[str, str],
+        check_current: Callable[[str], None] | None = None,
     ) -> DeploymentRecord:
-        """Claim a version, write the config if it changed, then the files, the record last."""
-        version = self.claim_version(model, owner)
-        record = make_record(version)
-        config = config_text.encode()
+        """Claim a version, index it under its Metaflow task, write the config if it changed, then
+        the files, the record last. `check_current` sees the model's config.pbtxt, if it has one,
+        before anything is written, and raises to stop the publish."""
         key = layout.config_key(model)
         try:
-            current = self.store.read(key)
+            current: bytes | None = self.store.read(key)
         except NotFound:
             current = None
+        if current is not None and check_current is not None:
+            check_current(current.decode())
+        version = self.claim_version(model, owner)
+        record = make_record(version)
+        if record.task_pathspec:
+            self.store.write(layout.task_key(model, record.task_pathspec, version), b"")
+        config = config_text.encode()
         if current != config:
             self.store.write(key, config)
         self.store.publish(

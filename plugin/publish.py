@@ -63,7 +63,6 @@ def deploy(
     parity = check_parity(export, signature.rows)
 
     repository = ModelRepository(options.repository)
-    _check_signature(repository, options.name, config)
     task = provenance.metaflow.get("task", "")
     digests = {name: sha256_hex(data) for name, data in export.files.items()}
     previous = repository.find_task_deployment(options.name, task, set(digests.values())) if task else None
@@ -109,17 +108,16 @@ def deploy(
         export.files,
         make_record,
         owner={"task": task or "(no task)", "model": options.name},
+        check_current=lambda text: _check_signature(text, config, options.name, repository.uri),
     )
 
 
-def _check_signature(repository: ModelRepository, name: str, config: model_config.ModelConfig) -> None:
-    if not repository.has_model(name):
-        return
-    existing = model_config.parse_config(repository.read_config(name), where=f"{name}/config.pbtxt")
+def _check_signature(current: str, config: model_config.ModelConfig, name: str, where: str) -> None:
+    existing = model_config.parse_config(current, where=f"{name}/config.pbtxt")
     before, after = model_config.signature(existing), model_config.signature(config)
     if before != after:
         raise SignatureChanged(
-            f"model {name!r} in {repository.uri} has the signature {before}, but this deploy has "
+            f"model {name!r} in {where} has the signature {before}, but this deploy has "
             f"{after}: a model name keeps one signature, so deploy under a new name "
             "(@deploy(name=...)) or use another repository"
         )

@@ -52,7 +52,22 @@ def test_publish_writes_config_files_and_record(repo, make_record):
     assert repo.store.list("m/1") == ["checkpoint.tl", "deployment.json", "extra"]
     assert repo.store.read("m/1/checkpoint.tl") == b"trees"
     assert repo.read_record("m", 1) == record
-    assert repo.models() == ["m"] and repo.has_model("m") and not repo.has_model("absent")
+    assert repo.models() == ["m"]
+
+
+def test_publish_shows_the_current_config_first_and_a_refusal_writes_nothing(repo, make_record):
+    publish(repo, make_record)
+    seen = []
+
+    def refuse(text: str) -> None:
+        seen.append(text)
+        raise TritonflowError("not this one")
+
+    with pytest.raises(TritonflowError, match="not this one"):
+        repo.publish("m", "changed", {"checkpoint.tl": b"x"}, lambda v: make_record("m", v), {}, refuse)
+    assert seen == [CONFIG]
+    assert repo.read_config("m") == CONFIG
+    assert repo.store.list("m/.versions") == ["1"]  # no claim either
 
 
 def test_publish_leaves_an_unchanged_config_alone(repo, make_record):
@@ -118,6 +133,19 @@ def test_find_task_deployment(repo, make_record):
     assert repo.find_task_deployment("m", task, {sha256_hex(b"trees")}) == record
     assert repo.find_task_deployment("m", task, {sha256_hex(b"changed")}) is None
     assert repo.find_task_deployment("m", "TrainFlow/1/select/8", {sha256_hex(b"trees")}) is None
+
+
+def test_find_task_deployment_reads_only_the_tasks_own_versions(repo, make_record):
+    task = "TrainFlow/1700000000000001/select/7"
+    record = publish(repo, make_record, files={"checkpoint.tl": b"trees"}, task=task)
+    for _ in range(3):
+        other = publish(repo, make_record, files={"checkpoint.tl": b"other"})
+        # unreadable records of other tasks' versions: a lookup that opened them would fail
+        repo.store.write(layout.record_key("m", other.version), b"{not json")
+    # a later attempt of the same task that died before its record: indexed, skipped
+    version = repo.claim_version("m", {})
+    repo.store.write(layout.task_key("m", task, version), b"")
+    assert repo.find_task_deployment("m", task, {sha256_hex(b"trees")}) == record
 
 
 def test_deployments_of_run(repo, make_record):
