@@ -4,9 +4,10 @@
     python benchmarks/engines.py --quick    # a few seconds: smaller batches, shorter timing
 
 Models: a random forest (100 trees, depth 8) and XGBoost (500 rounds, depth 8), both binary
-classifiers over 30 features, answering probabilities. Engines: every one importable here:
-nvForest on CPU (and on the GPU when one is visible), Treelite GTIL, onnxruntime (CUDA too when
-its provider is installed). Prints a table; writes benchmarks/results/engines.json.
+classifiers over 30 features, answering probabilities, exported by @deploy's own exporters
+(Treelite checkpoint and ONNX). Engines: every one importable here: nvForest on CPU (and on the
+GPU when one is visible), Treelite GTIL, onnxruntime (CUDA too when its provider is installed).
+Prints a table; writes benchmarks/results/engines.json.
 """
 
 from __future__ import annotations
@@ -32,17 +33,17 @@ from machine import RESULTS, machine
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 
+from tritonflow.plugin.exporters import Export, config_spec, export_model
 from tritonflow.serving.backends import load_backend
 from tritonflow.serving.backends.base import Backend
 from tritonflow.serving.backends.forest import cuda_device_count, nvforest_or_reason
-from tritonflow.serving.model_config import ConfigSpec, ModelConfig, TensorSpec, build_config
+from tritonflow.serving.model_config import ModelConfig, build_config
+from tritonflow.serving.releases import NEWEST_TRITON
 
 N_FEATURES = 30
 BATCHES = (1, 16, 256, 1024, 16384, 65536)
 QUICK_BATCHES = (1, 16, 256, 1024)
 OUT = RESULTS / "engines.json"
-# backend -> (input, output) names: FIL's fixed ones, and those skl2onnx/onnxmltools write
-TENSORS = {"fil": ("input__0", "output__0"), "onnxruntime": ("input", "probabilities")}
 
 
 @dataclass(frozen=True)
@@ -61,60 +62,29 @@ class Row:
         )
 
 
-def train(rows: int) -> dict[str, tuple[treelite.Model, bytes]]:
-    """name -> (Treelite model, ONNX bytes) for the two benchmark models."""
-    import onnxmltools
-    from onnxmltools.convert.common.data_types import FloatTensorType as MlFloat
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
-
+def train(rows: int) -> dict[str, Any]:
+    """name -> fitted classifier, for the two benchmark models."""
     X, y = make_classification(rows, N_FEATURES, n_informative=12, random_state=0)
     X = X.astype(np.float32)
-    rf = RandomForestClassifier(n_estimators=100, max_depth=8, n_jobs=-1, random_state=0).fit(X, y)
-    booster = xgb.XGBClassifier(n_estimators=500, max_depth=8, random_state=0).fit(X, y)
-    return {
-        "rf-100x8": (
-            treelite.sklearn.import_model(rf),
-            convert_sklearn(
-                rf,
-                initial_types=[("input", FloatTensorType([None, N_FEATURES]))],
-                options={"zipmap": False},
-            ).SerializeToString(),
-        ),
-        "xgb-500x8": (
-            treelite.frontend.from_xgboost(booster.get_booster()),
-            onnxmltools.convert_xgboost(
-                booster, initial_types=[("input", MlFloat([None, N_FEATURES]))]
-            ).SerializeToString(),
-        ),
-    }
+    rf = RandomForestClassifier(n_estimators=100, max_depth=8, n_jobs=-1, random_state=0)
+    booster = xgb.XGBClassifier(n_estimators=500, max_depth=8, random_state=0)
+    return {"rf-100x8": rf.fit(X, y), "xgb-500x8": booster.fit(X, y)}
 
 
-def config(backend: str, kind: str) -> ModelConfig:
-    input_name, output_name = TENSORS[backend]
-    params = {"model_type": "treelite_checkpoint", "is_classifier": "true", "predict_proba": "true"}
-    spec = ConfigSpec(
-        "bench",
-        backend,
-        inputs=(TensorSpec(input_name, "FP32", (N_FEATURES,)),),
-        outputs=(TensorSpec(output_name, "FP32", (2,)),),
-        max_batch_size=max(BATCHES),
-        instance_kind=kind,
-        parameters=params if backend == "fil" else {},
-    )
-    return build_config(spec)
+def config(export: Export, kind: str) -> ModelConfig:
+    return build_config(config_spec(export, "bench", max_batch_size=max(BATCHES), instance_kind=kind))
 
 
 def engines() -> list[tuple[str, str, str, str]]:
-    """(label, backend, engine argument, instance kind) for every engine available here."""
-    found = [("treelite-gtil", "fil", "treelite", "cpu")]
+    """(label, export format, engine argument, instance kind) for every engine available here."""
+    found = [("treelite-gtil", "treelite", "treelite", "cpu")]
     if isinstance(nvforest_or_reason(), ModuleType):
-        found.insert(0, ("nvforest-cpu", "fil", "nvforest", "cpu"))
+        found.insert(0, ("nvforest-cpu", "treelite", "nvforest", "cpu"))
         if cuda_device_count() > 0:
-            found.insert(0, ("nvforest-gpu", "fil", "nvforest", "gpu"))
-    found.append(("onnxruntime-cpu", "onnxruntime", "auto", "cpu"))
+            found.insert(0, ("nvforest-gpu", "treelite", "nvforest", "gpu"))
+    found.append(("onnxruntime-cpu", "onnx", "auto", "cpu"))
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        found.append(("onnxruntime-cuda", "onnxruntime", "auto", "gpu"))
+        found.append(("onnxruntime-cuda", "onnx", "auto", "gpu"))
     return found
 
 
@@ -132,15 +102,21 @@ def run(backend: Backend, name: str, X: np.ndarray, budget_s: float) -> tuple[fl
 
 
 def bench_model(
-    name: str, folder: Path, pool: np.ndarray, batches: tuple[int, ...], budget_s: float
+    name: str, estimator: Any, folder: Path, pool: np.ndarray, batches: tuple[int, ...], budget_s: float
 ) -> tuple[list[Row], dict[str, float]]:
-    """Every engine on one model folder; and each engine's largest difference from the first one."""
+    """Every engine on one model; and each engine's largest difference from the first one."""
+    exports = {fmt: export_model(estimator, fmt, N_FEATURES, NEWEST_TRITON) for fmt in ("treelite", "onnx")}
+    folder.mkdir(parents=True)
+    for export in exports.values():
+        for file, data in export.files.items():
+            (folder / file).write_bytes(data)
     rows: list[Row] = []
     agreement: dict[str, float] = {}
     reference: np.ndarray | None = None
-    for label, backend_name, engine, kind in engines():
-        backend = load_backend(folder, config(backend_name, kind), engine)
-        input_name, output_name = TENSORS[backend_name]
+    for label, fmt, engine, kind in engines():
+        export = exports[fmt]
+        backend = load_backend(folder, config(export, kind), engine)
+        input_name, output_name = export.inputs[0].name, export.outputs[0].name
         probe = backend.predict({input_name: pool[:1024]})[output_name]
         reference = probe if reference is None else reference
         agreement[label] = float(np.abs(probe - reference).max())
@@ -166,12 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[Row] = []
     agreement: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (tl_model, onnx_bytes) in train(2_000 if args.quick else 20_000).items():
+        for name, estimator in train(2_000 if args.quick else 20_000).items():
             folder = Path(tmp) / name / "1"
-            folder.mkdir(parents=True)
-            tl_model.serialize(str(folder / "checkpoint.tl"))
-            (folder / "model.onnx").write_bytes(onnx_bytes)
-            model_rows, agreement[name] = bench_model(name, folder, pool, batches, budget_s)
+            model_rows, agreement[name] = bench_model(name, estimator, folder, pool, batches, budget_s)
             rows += model_rows
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ on this machine, measured by the same client:
   Treelite GTIL) and once on the ONNX export of the same model (ONNX Runtime backend);
 - the starter pack's FastAPI server, rebuilt in benchmarks/fastapi_baseline.py;
 - real Triton 24.10 with our Python-based `fil` backend, when its environment exists
-  (the one tests/triton/conftest.py builds under ~/.cache/tritonflow/triton-env/).
+  (tests/triton/triton_env.py's, cached under ~/.cache/tritonflow/triton-env/; this checkout's
+  tritonflow is reinstalled there first, so Triton runs the `fil` backend under test).
 
 Measures, with contenders alternating within each round so drift shows: single-row latency from
 one keep-alive http.client loop (KServe v2 JSON POST, or the baseline's GET /predict?data=);
@@ -62,7 +63,7 @@ BATCH_ROWS = (1_000, 65_536)
 GPU_BATCH_ROWS = (1, 16, 256, 1_024, 16_384, 65_536)  # as benchmarks/engines.py
 CONNECTIONS = (8, 64)
 REFERENCE_MS = {"Triton FIL (starter pack)": 0.44, "FastAPI + uvicorn (starter pack)": 5.15}
-TRITON_CONFTEST = ROOT / "tests" / "triton" / "conftest.py"
+TRITON_TESTS = ROOT / "tests" / "triton"
 FASTAPI, TRITON = "fastapi (starter pack)", "triton (python fil)"  # contender labels
 HOW = (
     "tritonflow: `python -m tritonflow serve REPO --engine E --poll-interval 0`, every model deployed by "
@@ -494,84 +495,46 @@ def batch_scoring(contender: Contender, model: BenchModel, n_rows: int, budget_s
 
 
 # -- real Triton ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TritonLaunch:
-    tritonserver: Path
-    backends: Path
-    environment: dict[str, str]
+def _triton_env() -> ModuleType:
+    """tests/triton/triton_env.py: the environment the Triton tests build, and how they start Triton."""
+    sys.path.insert(0, str(TRITON_TESTS))
+    import triton_env
+
+    return triton_env
 
 
-def _triton_conftest() -> ModuleType:
-    """The Triton test fixtures' module: its requirements and cache are the environment we look for."""
-    sys.path.insert(0, str(ROOT / "tests"))  # the conftest imports tests/servers.py
-    spec = importlib.util.spec_from_file_location("tritonflow_triton_conftest", TRITON_CONFTEST)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # NOTE: its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def cached_triton_env() -> Path | None:
-    """Where tests/triton/conftest.py keeps Triton's environment for its requirements and this Python;
-    None until a build there has finished (its completion marker is written last)."""
-    import hashlib
-
-    conftest = _triton_conftest()
-    key = hashlib.sha256(json.dumps([conftest.REQUIREMENTS, sys.version_info[:2]]).encode()).hexdigest()[:16]
-    env = Path(conftest.CACHE) / key
-    return env if (env / conftest.COMPLETE).is_file() else None
-
-
-def build_triton_env() -> None:
-    """Build (or refresh) the cached environment the way the Triton tests do: by running them."""
-    print("building Triton's environment through tests/triton (minutes on the first run)", flush=True)
-    subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", str(TRITON_CONFTEST.parent)], cwd=ROOT, check=False
-    )
-
-
-def triton_launch(explicit: Path | None, workdir: Path) -> TritonLaunch | str:
-    """How to start Triton with our `fil` backend; or why it cannot be, for the skip line."""
+def triton_launch(explicit: Path | None, build: bool, workdir: Path) -> Any:
+    """triton_env.Backends to start Triton with our `fil` backend; or why it cannot be, for the skip line."""
     try:
-        env = explicit or cached_triton_env()
-    except (OSError, ImportError) as exc:  # no tests/triton in this checkout, or no pytest to read it
-        return f"cannot read {TRITON_CONFTEST.relative_to(ROOT)} ({exc}): pass --triton-env PATH"
-    python = env / "bin" / "python" if env else None
-    if python is None or not python.is_file():
+        env = _triton_env()
+    except ImportError as exc:  # no tests/triton in this checkout
+        return f"cannot import {TRITON_TESTS.relative_to(ROOT)}/triton_env.py ({exc}): pass --triton-env PATH"
+    if explicit is not None:
+        python = explicit / "bin" / "python"
+        if not python.is_file():
+            return f"no Python at {python}: --triton-env names a virtualenv with nvidia-pytriton, tritonflow"
+    elif build or env.is_built(env.env_dir()):
+        reason = env.unsupported()
+        if reason:
+            return reason
+        # NOTE: reinstalls this checkout's tritonflow there: Triton runs the `fil` backend under test
+        python = env.prepare(lambda message: print(message, flush=True), workdir / "triton-env")
+    else:
         return (
-            f"no Triton environment {'at ' + str(env) if env else 'built by tests/triton yet'} "
+            f"no Triton environment at {env.env_dir()} yet "
             "(build it with --build-triton-env, or pass --triton-env PATH)"
         )
-    done = subprocess.run(
-        [str(python), "-m", "tritonflow", "triton-backends", str(workdir / "triton-backends"), "--json"],
-        capture_output=True,
-        text=True,
-        cwd=workdir,  # NOTE: `-m tritonflow` from the checkout's root would import its tritonflow/ folder
-    )
-    if done.returncode != 0:
-        return f"`tritonflow triton-backends` failed in {env}: {done.stderr.strip()[-300:]}"
-    launch = json.loads(done.stdout)
-    return TritonLaunch(
-        Path(launch["tritonserver"]), Path(launch["backend_directory"]), launch["environment"]
-    )
+    try:
+        return env.write_backends(python, workdir / "triton-backends")
+    except RuntimeError as exc:
+        return str(exc)
 
 
-def triton_contender(launch: TritonLaunch, repository: Path, model: str, workdir: Path) -> Contender:
-    env = {
-        name: os.pathsep.join(p for p in (prefix, os.environ.get(name)) if p)
-        for name, prefix in launch.environment.items()
-    }
-    command = [
-        str(launch.tritonserver),
-        *("--model-repository", str(repository), "--backend-directory", str(launch.backends)),
-        "--disable-auto-complete-config",  # FIL configs are complete: served as written
-        *("--http-address", "127.0.0.1", "--http-port", "{port}"),
-        *("--grpc-address", "127.0.0.1", "--grpc-port", str(free_port())),
-        *("--metrics-address", "127.0.0.1", "--metrics-port", str(free_port())),
-        "--exit-timeout-secs=5",
-    ]
-    return Contender(TRITON, "kserve", model, command, workdir / "triton.log", env)
+def triton_contender(launch: Any, repository: Path, model: str, workdir: Path) -> Contender:
+    command = launch.command(repository, "{port}", free_port(), free_port())
+    contender = Contender(TRITON, "kserve", model, command, workdir / "triton.log")
+    contender.env = launch.environ()
+    return contender
 
 
 # -- one model, every contender ------------------------------------------------------------------------
@@ -579,7 +542,7 @@ def triton_contender(launch: TritonLaunch, repository: Path, model: str, workdir
 class Options:
     plan: Plan
     wrk: str | None
-    triton: TritonLaunch | None
+    triton: Any  # triton_env.Backends, or None
     gpu: bool
     workdir: Path
 
@@ -978,7 +941,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--build-triton-env",
         action="store_true",
-        help="build the cached Triton environment (through tests/triton) if missing",
+        help="build the cached Triton environment (tests/triton/triton_env.py) if missing",
     )
     parser.add_argument("--no-load-generator", action="store_true", help="skip the wrk throughput runs")
     parser.add_argument(
@@ -1026,13 +989,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _triton_or_skip(args: argparse.Namespace, workdir: Path, skipped: dict[str, str]) -> TritonLaunch | None:
+def _triton_or_skip(args: argparse.Namespace, workdir: Path, skipped: dict[str, str]) -> Any:
     if args.no_triton:
         skipped["Triton"] = "--no-triton"
         return None
-    if args.build_triton_env:
-        build_triton_env()
-    found = triton_launch(args.triton_env, workdir)
+    found = triton_launch(args.triton_env, args.build_triton_env, workdir)
     if isinstance(found, str):
         skipped["Triton"] = found
         print(f"Triton skipped: {found}", flush=True)
