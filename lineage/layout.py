@@ -1,8 +1,9 @@
 """Triton's model repository layout as pure key functions ('/'-separated, relative to the root).
 
 `<model>/config.pbtxt`, `<model>/<version>/<model file>`, `<model>/<version>/deployment.json`.
-Version claims live in `<model>/.versions/<version>`, and the versions each Metaflow task
-published in `<model>/.tasks/<digest of its pathspec>/<version>`: Triton ignores non-numeric folders.
+Version claims live in `<model>/.versions/<version>`; indexes list the versions each Metaflow task
+and run published, `<model>/.tasks/<digest of the task pathspec>/<version>` and
+`<model>/.runs/<digest of flow/run_id>/<version>`. Triton ignores these non-numeric folders.
 """
 
 import hashlib
@@ -13,6 +14,7 @@ CONFIG = "config.pbtxt"
 RECORD = "deployment.json"
 CLAIMS = ".versions"
 TASKS = ".tasks"
+RUNS = ".runs"
 _VERSION_RE = re.compile(r"[1-9][0-9]*")
 
 
@@ -32,13 +34,13 @@ def claim_key(model: str, version: int) -> str:
     return f"{model}/{CLAIMS}/{version}"
 
 
-def task_prefix(model: str, task: str) -> str:
-    """Where the versions published by Metaflow task `task` (a pathspec) are indexed."""
-    return f"{model}/{TASKS}/{hashlib.sha256(task.encode()).hexdigest()[:32]}"
+def index_prefix(model: str, index: str, value: str) -> str:
+    """Where index TASKS (value: a task pathspec) or RUNS (value: "flow/run_id") lists versions."""
+    return f"{model}/{index}/{hashlib.sha256(value.encode()).hexdigest()[:32]}"
 
 
-def task_key(model: str, task: str, version: int) -> str:
-    return f"{task_prefix(model, task)}/{version}"
+def index_key(model: str, index: str, value: str, version: int) -> str:
+    return f"{index_prefix(model, index, value)}/{version}"
 
 
 def version_numbers(names: Iterable[str]) -> list[int]:

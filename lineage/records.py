@@ -58,6 +58,11 @@ class DeploymentRecord:
     def task_pathspec(self) -> str | None:
         return self.metaflow.get("task")
 
+    @property
+    def run_pathspec(self) -> str | None:
+        flow, run_id = self.metaflow.get("flow"), self.metaflow.get("run_id")
+        return f"{flow}/{run_id}" if flow and run_id else None
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -105,25 +105,27 @@ class ModelRepository:
         ]
 
     def deployments_of_run(self, flow: str, run_id: str) -> list[DeploymentRecord]:
+        """What a Metaflow run published, by model and version: one index listing per model."""
+        run = f"{flow}/{run_id}"
         return [
-            e.record
-            for e in self.entries()
-            if e.record
-            and e.record.metaflow.get("flow") == flow
-            and str(e.record.metaflow.get("run_id")) == str(run_id)
+            record
+            for model in self.models()
+            for record in self._indexed(model, layout.RUNS, run)
+            if record.run_pathspec == run
         ]
 
     def find_task_deployment(self, model: str, task: str, sha256s: set[str]) -> DeploymentRecord | None:
-        """A version this task already published with the same files (idempotent retries).
-
-        One listing of the task's index and a record read per version it lists (usually one),
-        however many versions the model has.
-        """
-        for v in reversed(layout.version_numbers(self.store.list(layout.task_prefix(model, task)))):
-            record = self._record(model, v)
-            if record and record.task_pathspec == task and {f["sha256"] for f in record.files} == sha256s:
+        """A version this task already published with the same files (idempotent retries)."""
+        for record in reversed(self._indexed(model, layout.TASKS, task)):
+            if record.task_pathspec == task and {f["sha256"] for f in record.files} == sha256s:
                 return record
         return None
+
+    def _indexed(self, model: str, index: str, value: str) -> list[DeploymentRecord]:
+        """The published versions an index lists under `value`, ascending: a listing plus a read
+        per version listed, however many versions the model has."""
+        listed = layout.version_numbers(self.store.list(layout.index_prefix(model, index, value)))
+        return [record for v in listed if (record := self._record(model, v)) is not None]
 
     # -- writing -----------------------------------------------------------------------------
     def claim_version(self, model: str, owner: dict[str, str]) -> int:
@@ -150,7 +152,7 @@ class ModelRepository:
         owner: dict[str, str],
         check_current: Callable[[str], None] | None = None,
     ) -> DeploymentRecord:
-        """Claim a version, index it under its Metaflow task, write the config if it changed, then
+        """Claim a version, index it under its Metaflow task and run, write the config if it changed, then
         the files, the record last. `check_current` sees the model's config.pbtxt, if it has one,
         before anything is written, and raises to stop the publish."""
         key = layout.config_key(model)
@@ -162,8 +164,9 @@ class ModelRepository:
             check_current(current.decode())
         version = self.claim_version(model, owner)
         record = make_record(version)
-        if record.task_pathspec:
-            self.store.write(layout.task_key(model, record.task_pathspec, version), b"")
+        for index, value in ((layout.TASKS, record.task_pathspec), (layout.RUNS, record.run_pathspec)):
+            if value:
+                self.store.write(layout.index_key(model, index, value, version), b"")
         config = config_text.encode()
         if current != config:
             self.store.write(key, config)

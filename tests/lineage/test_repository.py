@@ -144,15 +144,17 @@ def test_find_task_deployment_reads_only_the_tasks_own_versions(repo, make_recor
         repo.store.write(layout.record_key("m", other.version), b"{not json")
     # a later attempt of the same task that died before its record: indexed, skipped
     version = repo.claim_version("m", {})
-    repo.store.write(layout.task_key("m", task, version), b"")
+    repo.store.write(layout.index_key("m", layout.TASKS, task, version), b"")
     assert repo.find_task_deployment("m", task, {sha256_hex(b"trees")}) == record
 
 
 def test_deployments_of_run(repo, make_record):
     first = publish(repo, make_record, "a", run_id="11")
-    publish(repo, make_record, "a", run_id="22")
+    other = publish(repo, make_record, "a", run_id="22")
     second = publish(repo, make_record, "b", run_id="11")
     repo.store.write("b/9/checkpoint.tl", b"unfinished")
+    # another run's record, unreadable: the lookup reads the run's index, not every record
+    repo.store.write(layout.record_key("a", other.version), b"{not json")
     assert repo.deployments_of_run("TrainFlow", "11") == [first, second]
     assert repo.deployments_of_run("OtherFlow", "11") == []
 
