@@ -37,8 +37,6 @@ import os
 import pickle
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,7 +47,6 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import quote
 
@@ -58,12 +55,16 @@ from machine import RESULTS, machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+# Processes are started and stopped with the tests' own helpers: tests/servers.py, tests/triton/triton_env.py.
+sys.path[1:1] = [str(ROOT / "tests"), str(ROOT / "tests" / "triton")]
+import triton_env  # noqa: E402
+from servers import free_port, stop_process  # noqa: E402
+
 N_FEATURES = 30
 BATCH_ROWS = (1_000, 65_536)
 GPU_BATCH_ROWS = (1, 16, 256, 1_024, 16_384, 65_536)  # as benchmarks/engines.py
 CONNECTIONS = (8, 64)
 REFERENCE_MS = {"Triton FIL (starter pack)": 0.44, "FastAPI + uvicorn (starter pack)": 5.15}
-TRITON_TESTS = ROOT / "tests" / "triton"
 FASTAPI, TRITON = "fastapi (starter pack)", "triton (python fil)"  # contender labels
 HOW = (
     "tritonflow: `python -m tritonflow serve REPO --engine E --poll-interval 0`, every model deployed by "
@@ -201,12 +202,6 @@ def _drop_dynamic_batching(path: Path) -> None:
 
 
 # -- servers ------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Contender:
     """One server process under test; `protocol` decides the request form ("kserve" or "fastapi")."""
@@ -287,15 +282,8 @@ def wait_ready(contender: Contender, timeout: float = 120.0) -> None:
 
 
 def stop(contender: Contender) -> None:
-    process = contender.process
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    if contender.process is not None:
+        stop_process(contender.process, timeout=20)
 
 
 @contextmanager
@@ -495,42 +483,30 @@ def batch_scoring(contender: Contender, model: BenchModel, n_rows: int, budget_s
 
 
 # -- real Triton ---------------------------------------------------------------------------------------
-def _triton_env() -> ModuleType:
-    """tests/triton/triton_env.py: the environment the Triton tests build, and how they start Triton."""
-    sys.path.insert(0, str(TRITON_TESTS))
-    import triton_env
-
-    return triton_env
-
-
-def triton_launch(explicit: Path | None, build: bool, workdir: Path) -> Any:
-    """triton_env.Backends to start Triton with our `fil` backend; or why it cannot be, for the skip line."""
-    try:
-        env = _triton_env()
-    except ImportError as exc:  # no tests/triton in this checkout
-        return f"cannot import {TRITON_TESTS.relative_to(ROOT)}/triton_env.py ({exc}): pass --triton-env PATH"
+def triton_launch(explicit: Path | None, build: bool, workdir: Path) -> triton_env.Backends | str:
+    """How to start Triton with our `fil` backend (the Triton tests' environment); or why it cannot be."""
     if explicit is not None:
         python = explicit / "bin" / "python"
         if not python.is_file():
             return f"no Python at {python}: --triton-env names a virtualenv with nvidia-pytriton, tritonflow"
-    elif build or env.is_built(env.env_dir()):
-        reason = env.unsupported()
+    elif build or triton_env.is_built(triton_env.env_dir()):
+        reason = triton_env.unsupported()
         if reason:
             return reason
         # NOTE: reinstalls this checkout's tritonflow there: Triton runs the `fil` backend under test
-        python = env.prepare(lambda message: print(message, flush=True), workdir / "triton-env")
+        python = triton_env.prepare(lambda message: print(message, flush=True), workdir / "triton-env")
     else:
         return (
-            f"no Triton environment at {env.env_dir()} yet "
+            f"no Triton environment at {triton_env.env_dir()} yet "
             "(build it with --build-triton-env, or pass --triton-env PATH)"
         )
     try:
-        return env.write_backends(python, workdir / "triton-backends")
+        return triton_env.write_backends(python, workdir / "triton-backends")
     except RuntimeError as exc:
         return str(exc)
 
 
-def triton_contender(launch: Any, repository: Path, model: str, workdir: Path) -> Contender:
+def triton_contender(launch: triton_env.Backends, repository: Path, model: str, workdir: Path) -> Contender:
     command = launch.command(repository, "{port}", free_port(), free_port())
     contender = Contender(TRITON, "kserve", model, command, workdir / "triton.log")
     contender.env = launch.environ()
@@ -542,7 +518,7 @@ def triton_contender(launch: Any, repository: Path, model: str, workdir: Path) -
 class Options:
     plan: Plan
     wrk: str | None
-    triton: Any  # triton_env.Backends, or None
+    triton: triton_env.Backends | None
     gpu: bool
     workdir: Path
 
@@ -989,7 +965,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _triton_or_skip(args: argparse.Namespace, workdir: Path, skipped: dict[str, str]) -> Any:
+def _triton_or_skip(
+    args: argparse.Namespace, workdir: Path, skipped: dict[str, str]
+) -> triton_env.Backends | None:
     if args.no_triton:
         skipped["Triton"] = "--no-triton"
         return None
