@@ -15,7 +15,9 @@ RECORD = "deployment.json"
 CLAIMS = ".versions"
 TASKS = ".tasks"
 RUNS = ".runs"
-_VERSION_RE = re.compile(r"[1-9][0-9]*")
+# Triton versions are int64: at most 19 digits (a longer one is no version, not a 500 from int()).
+_VERSION_RE = re.compile(r"[1-9][0-9]{0,18}")
+_MAX_VERSION = 2**63 - 1
 
 
 def config_key(model: str) -> str:
@@ -54,4 +56,7 @@ def parse_version(name: str) -> int | None:
     Only the canonical spelling counts: `str.isdigit` accepts '²' (which `int` refuses), and '01'
     would map to version 1 whose key is `<model>/1`, another folder.
     """
-    return int(name) if _VERSION_RE.fullmatch(name) else None
+    if not _VERSION_RE.fullmatch(name):
+        return None
+    version = int(name)
+    return version if version <= _MAX_VERSION else None

@@ -19,6 +19,7 @@ COMMANDS = {
     "init": ("tritonflow.init_command", "copy the starter pack (flow, client, README) into a folder"),
     "serve": ("tritonflow.serving.server", "serve a model repository over Triton's HTTP protocol"),
     "models": ("tritonflow.lineage.models_command", "list the models, versions and deployment IDs"),
+    "gc": ("tritonflow.lineage.gc_command", "remove what killed deploys left in a repository"),
     "lineage": (
         "tritonflow.lineage_command",
         "trace a deployment ID, a saved response or a run to its lineage",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from tritonflow.lineage.imports import load_object
-from tritonflow.lineage.store.base import Store
+from tritonflow.lineage.store.base import Store, StoredFile, UnsafeKey, check_key
 
 # scheme -> "module.Class", imported on first use (boto3 only when S3 is used).
 STORES = {
@@ -24,4 +24,4 @@ def open_store(uri: str | os.PathLike[str]) -> Store:
     return store
 
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Store", "StoredFile", "UnsafeKey", "check_key", "open_store"]

@@ -1,7 +1,8 @@
 """A repository in S3 or an S3-compatible store: conditional puts for claims, the record uploaded last.
 
 S3 puts are atomic per object and reads are strongly consistent, so uploading `last` after every
-other file is enough for readers; `If-None-Match: *` makes `create` an exclusive claim.
+other file is enough for readers; `If-None-Match: *` makes `create` an exclusive claim. S3 keys may
+hold anything ('..', '//', backslashes): listings and downloads skip those the store would refuse.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from tritonflow.lineage.errors import NotFound, RepositoryError
-from tritonflow.lineage.store.base import Store
+from tritonflow.lineage.store.base import Store, StoredFile, check_files, check_key, key_problem
 
 ENDPOINT_ENV = "TRITONFLOW_S3_ENDPOINT_URL"
 # NOTE: short on purpose: an unreachable endpoint must fail in seconds, not after a minute of retries.
@@ -47,6 +48,11 @@ class S3Store(Store):
             raise RepositoryError(f"{uri!r} is not an S3 repository: expected s3://bucket/prefix")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        # NOTE: both become folders of the download cache (local_dir): '..' there would leave it.
+        if problem := key_problem(f"{bucket}/{self.prefix}" if self.prefix else bucket):
+            raise RepositoryError(
+                f"{uri!r} is not a safe repository URI ({problem}): use s3://bucket/prefix with plain names"
+            )
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -60,15 +66,17 @@ class S3Store(Store):
         except (ValueError, BotoCoreError) as exc:
             raise RepositoryError(f"cannot open {self.uri} (endpoint {endpoint}): {exc}") from None
 
-    def _key(self, key: str) -> str:
-        return "/".join(p for p in (self.prefix, key) if p)
+    def _key(self, key: str, *, root: bool = False) -> str:
+        """The object key of a checked repository key."""
+        return "/".join(p for p in (self.prefix, check_key(key, root=root)) if p)
 
     def _folder(self, prefix: str) -> str:
-        """The key prefix of everything under folder `prefix` ('' for the bucket's root)."""
-        return self._key(prefix) + "/" if self._key(prefix) else ""
+        """The key prefix of everything under folder `prefix` ('' for the repository's root)."""
+        key = self._key(prefix, root=True)
+        return key + "/" if key else ""
 
     def _url(self, key: str) -> str:
-        return f"s3://{self.bucket}/{self._key(key)}"
+        return f"s3://{self.bucket}/{self._key(key, root=True)}"
 
     def _error(self, exc: Exception) -> RepositoryError:
         """A message that says what is wrong with this repository and how to fix it."""
@@ -103,11 +111,19 @@ class S3Store(Store):
             raise self._error(exc) from exc
 
     def _objects(self, prefix: str) -> list[dict[str, Any]]:
-        """Every object strictly under folder `prefix`, with its key, ETag and size."""
+        """Every object strictly under folder `prefix`, with its key, ETag, size and LastModified."""
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self._folder(prefix)
         )
         return [obj for page in pages for obj in page.get("Contents", [])]
+
+    def _safe_objects(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """`_objects` by their key relative to folder `prefix`, leaving out keys the store refuses
+        (and the zero-byte 'folder/' markers consoles make, whose last part is empty)."""
+        folder = self._folder(prefix)
+        with self._errors():
+            objects = self._objects(prefix)
+        return {o["Key"][len(folder) :]: o for o in objects if key_problem(o["Key"][len(folder) :]) is None}
 
     def _delete_keys(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
@@ -143,6 +159,13 @@ class S3Store(Store):
                 raise
         return True
 
+    def walk(self, prefix: str) -> list[StoredFile]:
+        below = f"{prefix}/" if prefix else ""
+        return [
+            StoredFile(below + rel, o["Size"], o["LastModified"].timestamp())
+            for rel, o in sorted(self._safe_objects(prefix).items())
+        ]
+
     def list(self, prefix: str) -> list[str]:
         folder = self._folder(prefix)
         names: set[str] = set()
@@ -153,15 +176,15 @@ class S3Store(Store):
             for page in pages:
                 names.update(p["Prefix"][len(folder) :].rstrip("/") for p in page.get("CommonPrefixes", []))
                 names.update(o["Key"][len(folder) :] for o in page.get("Contents", []))
-        names.discard("")  # a zero-byte 'folder/' marker made by consoles
-        return sorted(names)
+        return sorted(n for n in names if key_problem(n) is None)  # e.g. '' of a 'folder/' marker
 
     def delete(self, prefix: str) -> None:
+        key = self._key(prefix)
         with self._errors():
-            keys = [o["Key"] for o in self._objects(prefix)]
-            self._delete_keys(keys + ([self._key(prefix)] if self._key(prefix) else []))
+            self._delete_keys([o["Key"] for o in self._objects(prefix)] + [key])
 
     def publish(self, prefix: str, files: dict[str, bytes], last: str) -> None:
+        check_files(prefix, files, last)
         uploaded: list[str] = []
         try:
             for name in sorted(files, key=lambda n: n == last):  # stable: `last` moves to the end
@@ -189,14 +212,13 @@ class S3Store(Store):
         return found[0]["ETag"] if found and found[0]["Key"] == full else None
 
     def local_dir(self, prefix: str, cache: Path) -> Path:
-        with self._errors():
-            objects = [o for o in self._objects(prefix) if not o["Key"].endswith("/")]
-        if not objects:
+        safe = self._safe_objects(prefix)
+        if not safe:
             raise NotFound(f"{self._url(prefix)} has no files")
-        folder = self._folder(prefix)
-        files = {o["Key"]: _safe_parts(o["Key"][len(folder) :], self._url(prefix)) for o in objects}
-        dest = cache.joinpath(self.bucket, *_safe_parts(folder, self.uri))
-        listing = sorted(f"{o['Key']} {o['ETag']} {o['Size']}" for o in objects)
+        files = {o["Key"]: rel.split("/") for rel, o in safe.items()}
+        # NOTE: the bucket, the prefix and `prefix` are checked keys: dest is inside the cache.
+        dest = cache.joinpath(self.bucket, *self._key(prefix, root=True).split("/"))
+        listing = sorted(f"{o['Key']} {o['ETag']} {o['Size']}" for o in safe.values())
         digest = hashlib.sha256("\n".join(listing).encode()).hexdigest()
         if _complete(dest) == digest:
             return dest
@@ -224,11 +246,3 @@ def _complete(folder: Path) -> str | None:
         return (folder / _COMPLETE).read_text()
     except OSError:
         return None
-
-
-def _safe_parts(rel: str, where: str) -> list[str]:
-    """The path parts of a key, refusing any that would escape the download folder."""
-    parts = rel.strip("/").split("/") if rel.strip("/") else []
-    if any(p in {"", ".", ".."} for p in parts):
-        raise RepositoryError(f"{where} holds key {rel!r}, which cannot be a local path")
-    return parts
