@@ -16,12 +16,14 @@ from typing import Any
 import numpy as np
 import orjson
 
+from tritonflow.serving import strict_json
 from tritonflow.serving.datatypes import DATATYPE, NUMPY
 from tritonflow.serving.errors import MalformedRequest, MissingField, Unsupported, UnsupportedEncoding
 
 # Content-Encoding -> zlib wbits ("deflate" is the zlib format, as tritonclient sends it).
 ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 _TENSOR = "{name, shape, datatype, data}"
+MAX_DIMS = 64  # NOTE: numpy's limit: a longer shape cannot be an array at all
 
 
 @dataclass(slots=True)
@@ -107,8 +109,12 @@ def _decode_input(i: int, spec: Any, binary: memoryview, offset: int) -> tuple[s
             f"input {name!r}: datatype {datatype!r} is not served: expected one of {', '.join(NUMPY)}"
         )
     shape = spec.get("shape")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise MissingField(f"input {name!r} shape", "a list of non-negative integers")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(type(d) is int and d >= 0 for d in shape)
+    ):
+        raise MissingField(f"input {name!r} shape", f"a list of at most {MAX_DIMS} non-negative integers")
     parameters = _object(spec.get("parameters"), f"input {name!r} parameters")
     if "shared_memory_region" in parameters:
         raise Unsupported("shared memory")
@@ -136,10 +142,7 @@ def _decode_input(i: int, spec: Any, binary: memoryview, offset: int) -> tuple[s
     data = spec.get("data")
     if data is None:
         raise MissingField(f"input {name!r} data", "'data' (flat or nested) or parameters.binary_data_size")
-    try:
-        array = np.asarray(data, dtype)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise MalformedRequest(f"input {name!r}: data is not {datatype}: {exc}") from None
+    array = strict_json.to_array(name, datatype, data)
     if array.size != count:
         raise MalformedRequest(f"input {name!r}: data has {array.size} values, shape {shape} takes {count}")
     return name, array.reshape(shape), offset

@@ -19,6 +19,7 @@ class ServingError(TritonflowError):
     """A request the server cannot serve; `status` is the HTTP status it answers with."""
 
     status = 400
+    retry_after: int | None = None  # seconds; sent as Retry-After when set (429, 503)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -29,6 +30,13 @@ class ServingError(TritonflowError):
 class MalformedRequest(ServingError):
     def __init__(self, detail: str) -> None:
         super().__init__(f"malformed request: {detail}")
+
+
+class BadTensorData(MalformedRequest):
+    """A JSON tensor value its datatype would not hold as sent: a string, a boolean, a fraction, too big."""
+
+    def __init__(self, name: str, datatype: str, problem: str, remedy: str) -> None:
+        super().__init__(f"input {name!r}: data is not {datatype}: {problem}: {remedy}")
 
 
 class MissingField(ServingError):
@@ -85,6 +93,39 @@ class InvalidVersion(ServingError):
         super().__init__(f"model version {text!r} is not a version number: expected a positive integer")
 
 
+class InvalidModelName(ServingError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+
+
+class Forbidden(ServingError):
+    """A restricted API group called without its header (`--restrict`)."""
+
+    status = 403
+
+    def __init__(self, group: str, header: str) -> None:
+        super().__init__(
+            f"this endpoint belongs to the restricted API group {group!r}: send the header {header!r} "
+            "with the value the server was started with (--restrict)"
+        )
+
+
+class ModelControlDisabled(ServingError):
+    def __init__(self, action: str, mode: str) -> None:
+        super().__init__(
+            f"{action} requests are refused in model control mode {mode!r}: the server follows the "
+            "repository; start it with --model-control-mode explicit to load and unload by request"
+        )
+
+
+class TooManyRequests(ServingError):
+    status = 429
+
+    def __init__(self, what: str, retry_after: int) -> None:
+        super().__init__(f"too many {what} requests at once: retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
 class UnknownTensor(ServingError):
     def __init__(self, kind: str, name: str, model: str, expected: list[str]) -> None:
         super().__init__(f"unknown {kind} {name!r} for model {model}: expected {kind}s {', '.join(expected)}")
@@ -120,8 +161,8 @@ class LoadFailed(ServingError):
 class ServerNotReady(ServingError):
     status = 503
 
-    def __init__(self) -> None:
-        super().__init__("the server is starting or shutting down")
+    def __init__(self, reason: str = "the server is starting or shutting down") -> None:
+        super().__init__(reason)
 
 
 class InferenceFailed(ServingError):
@@ -147,4 +188,6 @@ def render(exc: ServingError) -> tuple[int, bytes, Headers]:
     if exc.stamp is not None:
         body.update(exc.stamp)
         headers.append((b"x-deployment-id", exc.stamp["deployment_id"].encode()))
+    if exc.retry_after is not None:
+        headers.append((b"retry-after", str(exc.retry_after).encode()))
     return exc.status, json.dumps(body).encode(), headers
