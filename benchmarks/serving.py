@@ -67,8 +67,8 @@ CONNECTIONS = (8, 64)
 REFERENCE_MS = {"Triton FIL (starter pack)": 0.44, "FastAPI + uvicorn (starter pack)": 5.15}
 FASTAPI, TRITON = "fastapi (starter pack)", "triton (python fil)"  # contender labels
 HOW = (
-    "tritonflow: `python -m tritonflow serve REPO --engine E --poll-interval 0`, every model deployed by "
-    "`tritonflow.plugin.publish.deploy` (max_batch_size 65536, max_queue_delay_us 100).",
+    "tritonflow: `python -m tritonflow serve REPO --engine E --model-control-mode none`, every model "
+    "deployed by `tritonflow.plugin.publish.deploy` (max_batch_size 65536, max_queue_delay_us 100).",
     "batching off: the same checkpoint deployed as `<name>-nobatch`, its config.pbtxt then edited to drop "
     "`dynamic_batching` (@deploy always writes it).",
     "fastapi: benchmarks/fastapi_baseline.py on uvicorn's defaults (access log on), the model pickled as the "
@@ -229,7 +229,7 @@ def tritonflow_contender(
     label: str, repository: Path, model: str, engine: str, *, workdir: Path
 ) -> Contender:
     command = [sys.executable, "-m", "tritonflow", "serve", str(repository), "--port", "{port}"]
-    command += ["--engine", engine, "--poll-interval", "0"]
+    command += ["--engine", engine, "--model-control-mode", "none"]
     return Contender(label, "kserve", model, command, workdir / f"{label.replace(' ', '_')}.log")
 
 

@@ -12,6 +12,13 @@ lone request (a sequential client) pays none, and a preferred size already reach
 
 Without `dynamic_batching`, every request is its own engine call: on the loop when it is small
 and alone in the server, else on the worker.
+
+Large requests do not starve small ones: no engine call is larger than a chunk, about CHUNK_NS of
+engine time (its rows learnt from this version's own calls). A request of more rows runs chunk by
+chunk, its outputs reassembled in row order; after each chunk the worker runs the small requests
+queued meanwhile (merged, as above, up to a chunk), then the next chunk. A 1-row request waits for
+one chunk, not for 8,192 rows, and a stream of small ones cannot stall a large one. Large requests
+run one after another, in order.
 """
 
 from __future__ import annotations
@@ -24,9 +31,10 @@ import logging
 import queue
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from time import perf_counter_ns
+from time import perf_counter_ns, sleep
 from typing import Any
 
 import numpy as np
@@ -41,6 +49,16 @@ _STOP = object()
 _PR_SET_TIMERSLACK = 29
 # Up to this many rows, an engine call may run inline on the loop (see above).
 INLINE_ROWS = 16
+# The engine time a chunk aims at: what a small request may wait behind a large one (on nvForest,
+# which holds the GIL, the event loop as well). A call's own overhead is ~10 us (nvForest) to ~50 us
+# (Treelite GTIL): 1-5% of it. Longer chunks reach the forest backend's second OpenMP thread, and on
+# 2 busy cores those calls ran 2-3x slower per row (benchmarks/results/fairness.md).
+CHUNK_NS = 1_000_000
+# A large request's first chunk, before this version's time per row is known: 1,024 rows take
+# 0.4 ms on nvForest and 4.4 ms on GTIL for the starter pack's forest, 14-22 ms for 500 trees of depth 8.
+FIRST_CHUNK_ROWS = 1_024
+# Chunks never get smaller (and calls of fewer rows teach nothing: their fixed overhead dominates).
+MIN_CHUNK_ROWS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +111,11 @@ class _Item:
     rows: int
     future: asyncio.Future[tuple[Tensors, Execution]]
     submitted_ns: int
+    done: int = 0  # rows run so far, when it runs in chunks
+    pieces: list[tuple[Tensors, Execution]] = field(default_factory=list)  # each chunk's outputs and call
+
+
+Answers = list[tuple[_Item, tuple[Tensors, Execution] | str]]  # each request's result, or why it failed
 
 
 def _precise_timeouts() -> None:
@@ -129,6 +152,11 @@ class Batcher:
         self._turn: list[_Item] = []  # submitted during this turn of the loop (batching on)
         self._inline_rows = min(INLINE_ROWS, policy.max_rows) if policy is not None else INLINE_ROWS
         self._on_close: Callable[[], None] = lambda: None
+        # The worker's own: requests taken off the queue, by size, and the rows of a chunk.
+        self._small: deque[_Item] = deque()
+        self._large: deque[_Item] = deque()
+        self._chunk_rows = FIRST_CHUNK_ROWS
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"engine {label}", daemon=True)
         self._thread.start()
 
@@ -152,11 +180,17 @@ class Batcher:
                 self._queue.put(item)
 
     def _run_inline(self, batch: list[_Item], rows: int) -> bool:
-        """One engine call on the loop if it is small and the worker has nothing queued or running."""
-        if rows > self._inline_rows or not self._queue.empty() or not self._engine.acquire(blocking=False):
+        """One engine call on the loop if it is small and no small request waits for the worker.
+
+        NOTE: a large request the worker is running does not stop it: between two chunks the
+        engine is free, and a small request then need not wait for the next chunk.
+        """
+        if rows > self._inline_rows or self._small or not self._queue.empty():
+            return False
+        if not self._engine.acquire(blocking=False):
             return False
         try:
-            self._finish(batch, self._call(batch))
+            self._finish(*_answers(batch, self._call([(item.inputs, item.rows) for item in batch])))
         finally:
             self._engine.release()
         return True
@@ -174,83 +208,168 @@ class Batcher:
     def _run(self) -> None:
         if self._policy is not None and self._policy.delay_ns:
             _precise_timeouts()
-        carry = None
         while True:
-            first = carry if carry is not None else self._queue.get()
-            carry = None
-            if first is _STOP:
-                break
-            batch = [first]
-            if self._policy is not None:
-                carry = self._gather(batch, self._policy)
-            self._execute(batch)
+            if not (self._small or self._large):
+                if self._stopping:
+                    break
+                self._sort(self._queue.get())
+            self._drain()
+            # NOTE: one engine call for the small requests, then one chunk of a large one: neither starves.
+            if self._small:
+                self._execute(self._gather())
+            if self._large:
+                # NOTE: nvForest holds the GIL through a call; this lets a waiting loop in first, else it
+                # would only ask for the GIL back after the 5 ms switch interval, several chunks later.
+                sleep(0)
+                self._execute_chunk(self._large[0])
         try:
             self._on_close()
         except Exception:
             log.exception("closing %s failed", self.label)
 
-    def _gather(self, batch: list[_Item], policy: BatchPolicy) -> Any:
-        """Add queued requests to `batch`; return the item that did not fit, if any."""
-        rows = batch[0].rows
-        deadline = batch[0].submitted_ns + policy.delay_ns
-        while rows < policy.target_rows:
+    def _sort(self, item: Any) -> None:
+        if item is _STOP:
+            self._stopping = True
+        elif item.rows > self._chunk_rows:
+            self._large.append(item)
+        else:
+            self._small.append(item)
+
+    def _drain(self) -> None:
+        while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
-                wait = (deadline - perf_counter_ns()) / 1e9
-                if rows in policy.preferred or wait <= 0 or self._traffic.active <= len(batch):
-                    return None
-                try:
-                    item = self._queue.get(timeout=wait)
-                except queue.Empty:
-                    return None
-            if item is _STOP or rows + item.rows > policy.max_rows:
-                return item
-            batch.append(item)
-            rows += item.rows
-        return None
+                return
+            self._sort(item)
+
+    def _gather(self) -> list[_Item]:
+        """The small requests of the next engine call, in order: with a policy, merged up to its
+        size (never past a chunk), waiting up to its delay while others in the server could join."""
+        batch = [self._small.popleft()]
+        policy = self._policy
+        if policy is None:
+            return batch
+        rows = batch[0].rows
+        limit = min(policy.max_rows, self._chunk_rows)
+        target = min(policy.target_rows, limit)
+        deadline = batch[0].submitted_ns + policy.delay_ns
+        while rows < target:
+            if self._small:
+                if rows + self._small[0].rows > limit:
+                    break
+                batch.append(self._small.popleft())
+                rows += batch[-1].rows
+                continue
+            wait = (deadline - perf_counter_ns()) / 1e9
+            # NOTE: requests queued as large cannot join this call: they are no reason to wait.
+            if rows in policy.preferred or wait <= 0 or self._traffic.active <= len(batch) + len(self._large):
+                break
+            try:
+                self._sort(self._queue.get(timeout=wait))
+            except queue.Empty:
+                break
+        return batch
 
     def _execute(self, batch: list[_Item]) -> None:
         with self._engine:
-            outcome = self._call(batch)
-        self._loop.call_soon_threadsafe(self._finish, batch, outcome)
+            outcome = self._call([(item.inputs, item.rows) for item in batch])
+        self._loop.call_soon_threadsafe(self._finish, *_answers(batch, outcome))
 
-    def _call(self, batch: list[_Item]) -> tuple[list[Tensors], Execution] | str:
-        """One engine call for `batch`: each request's outputs and the timing, or the failure reason."""
+    def _execute_chunk(self, item: _Item) -> None:
+        """The next chunk of a large request; after its last one, the request's reassembled outputs."""
+        left = item.rows - item.done
+        # NOTE: what is left in equal chunks: no last chunk of a few rows paying for a whole call.
+        start, stop = item.done, item.done + _ceil_div(left, _ceil_div(left, self._chunk_rows))
+        with self._engine:
+            outcome = self._call(
+                [({k: v[start:stop] for k, v in item.inputs.items()}, stop - start)], chunk=True
+            )
+        if isinstance(outcome, str):
+            self._large.popleft()
+            failed: Answers = [(item, outcome)]
+            self._loop.call_soon_threadsafe(self._finish, None, failed)
+            return
+        ([outputs], execution) = outcome
+        item.pieces.append((outputs, execution))
+        item.done = stop
+        answers: Answers = []
+        if stop == item.rows:
+            self._large.popleft()
+            answers.append((item, _assemble(item)))
+        self._loop.call_soon_threadsafe(self._finish, execution, answers)
+
+    def _call(
+        self, parts: list[tuple[Tensors, int]], chunk: bool = False
+    ) -> tuple[list[Tensors], Execution] | str:
+        """One engine call on `parts` (inputs, rows): each part's outputs and the timing, or the
+        failure reason. Merged or chunked (`chunk`), outputs must have a row per input row."""
         started = perf_counter_ns()
         try:
-            if len(batch) == 1:
-                inputs, rows = batch[0].inputs, batch[0].rows
+            if len(parts) == 1:
+                inputs, rows = parts[0]
             else:
-                inputs = {
-                    name: np.concatenate([item.inputs[name] for item in batch]) for name in batch[0].inputs
-                }
-                rows = sum(item.rows for item in batch)
+                inputs = {name: np.concatenate([part[0][name] for part in parts]) for name in parts[0][0]}
+                rows = sum(part[1] for part in parts)
             merged = perf_counter_ns()
             outputs = self._predict(inputs)
             inferred = perf_counter_ns()
-            if len(batch) == 1:
-                results = [outputs]
-            else:
+            if chunk or len(parts) > 1:
                 for name, array in outputs.items():
                     if len(array) != rows:
                         raise ValueError(f"output {name!r} has {len(array)} rows for {rows} input rows")
-                offsets = itertools.accumulate((item.rows for item in batch), initial=0)
+            if len(parts) == 1:
+                results = [outputs]
+            else:
+                offsets = itertools.accumulate((part[1] for part in parts), initial=0)
                 results = [{k: v[a:b] for k, v in outputs.items()} for a, b in itertools.pairwise(offsets)]
         except Exception as exc:
-            log.exception("engine call of %s failed on %d request(s)", self.label, len(batch))
+            log.exception("engine call of %s failed on %d request(s)", self.label, len(parts))
             return f"{type(exc).__name__}: {exc}"
+        self._learn(rows, inferred - merged)
         return results, Execution(rows, started, merged, inferred, perf_counter_ns())
 
+    def _learn(self, rows: int, infer_ns: int) -> None:
+        """Size the next chunks to CHUNK_NS of engine time, from this call's time per row (smoothed:
+        one call slowed by a busy machine moves it a quarter of the way)."""
+        if rows >= MIN_CHUNK_ROWS:  # NOTE: so only the worker writes it: inline calls are smaller
+            fitted = rows * CHUNK_NS // max(infer_ns, 1)
+            self._chunk_rows = max(MIN_CHUNK_ROWS, (3 * self._chunk_rows + fitted) // 4)
+
     # -- back on the loop ------------------------------------------------------------------
-    def _finish(self, batch: list[_Item], outcome: tuple[list[Tensors], Execution] | str) -> None:
-        """Answer every request of an engine call: its outputs, or the failure (a reason string)."""
-        if not isinstance(outcome, str):
-            self._on_execution(outcome[1])
-        for i, item in enumerate(batch):
+    def _finish(self, execution: Execution | None, answers: Answers) -> None:
+        """Count an engine call (None: it failed) and answer the requests it completed."""
+        if execution is not None:
+            self._on_execution(execution)
+        for item, answer in answers:
             if item.future.done():  # a cancelled request (client gone) has no one to tell
                 continue
-            if isinstance(outcome, str):
-                item.future.set_exception(InferenceFailed(self.label, outcome))
+            if isinstance(answer, str):
+                item.future.set_exception(InferenceFailed(self.label, answer))
             else:
-                item.future.set_result((outcome[0][i], outcome[1]))
+                item.future.set_result(answer)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _answers(
+    batch: list[_Item], outcome: tuple[list[Tensors], Execution] | str
+) -> tuple[Execution | None, Answers]:
+    """An engine call on whole requests: the call to count, and each request's result."""
+    if isinstance(outcome, str):
+        return None, [(item, outcome) for item in batch]
+    results, execution = outcome
+    return execution, [(item, (out, execution)) for item, out in zip(batch, results, strict=True)]
+
+
+def _assemble(item: _Item) -> tuple[Tensors, Execution]:
+    """A chunked request's outputs in row order, and its timing: the chunks' phases end to end."""
+    outputs = {name: np.concatenate([out[name] for out, _ in item.pieces]) for name in item.pieces[0][0]}
+    calls = [call for _, call in item.pieces]
+    started = calls[0].started_ns
+    merged = started + sum(c.input_ns - c.started_ns for c in calls)
+    inferred = merged + sum(c.infer_ns - c.input_ns for c in calls)
+    ended = inferred + sum(c.ended_ns - c.infer_ns for c in calls)
+    return outputs, Execution(item.rows, started, merged, inferred, ended)

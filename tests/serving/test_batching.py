@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import N_FEATURES, PROBA_ATOL, Server, config_for, data, forest, publish
 
-from tritonflow.serving.batcher import INLINE_ROWS, Batcher, BatchPolicy, Execution, Traffic
+from tritonflow.serving.batcher import FIRST_CHUNK_ROWS, INLINE_ROWS, Batcher, BatchPolicy, Execution, Traffic
 from tritonflow.serving.errors import InferenceFailed
 
 
@@ -241,3 +241,76 @@ def test_an_inline_failure_is_reported_like_any_other():
     outputs, executions, _ = asyncio.run(run_batch(None, [1], 1, predict=broken))
     assert isinstance(outputs[0], InferenceFailed) and "engine fell over" in str(outputs[0])
     assert executions == []
+
+
+# -- large requests run in chunks ------------------------------------------------------------------
+@pytest.mark.parametrize("batch_policy", [None, policy(65_536, delay_s=0.001)])
+def test_a_large_request_runs_in_chunks_and_gets_its_rows_back_in_order(batch_policy):
+    rows = 3 * FIRST_CHUNK_ROWS
+    _, executions, _ = asyncio.run(run_batch(batch_policy, [rows], 1))  # run_batch checks every row
+    assert executions[0].rows == FIRST_CHUNK_ROWS  # before this version's time per row is known
+    assert len(executions) >= 2 and sum(e.rows for e in executions) == rows
+
+
+def test_a_small_request_runs_between_the_chunks_of_a_large_one():
+    calls: list[int] = []
+    chunk_running, go_on = threading.Event(), threading.Event()
+
+    def predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        if len(calls) == 1:  # the first chunk waits until the small requests are queued
+            chunk_running.set()
+            go_on.wait(10)
+        return double(inputs)
+
+    async def scenario() -> tuple[list[str], list[np.ndarray], Execution]:
+        loop = asyncio.get_running_loop()
+        traffic = Traffic()
+        traffic.active = 4
+        batcher = Batcher("test:1", predict, policy(65_536, delay_s=0.001), lambda e: None, traffic, loop)
+        large = np.arange(4 * FIRST_CHUNK_ROWS * N_FEATURES, dtype=np.float32).reshape(-1, N_FEATURES)
+        smalls = [np.full((1, N_FEATURES), -i, np.float32) for i in range(1, 4)]
+        answered: list[str] = []
+        futures = [batcher.submit({"x": large}, len(large))]
+        futures[0].add_done_callback(lambda _: answered.append("large"))
+        await asyncio.to_thread(chunk_running.wait, 10)
+        for x in smalls:
+            futures.append(batcher.submit({"x": x}, 1))
+            futures[-1].add_done_callback(lambda _: answered.append("small"))
+        loop.call_soon(go_on.set)  # after the turn has ended: the small requests are queued by then
+        results = await asyncio.gather(*futures)
+        batcher.close(then=lambda: None)
+        batcher.join(5)
+        for x, (outputs, _) in zip([large, *smalls], results, strict=True):
+            np.testing.assert_array_equal(outputs["y"], x * 2)
+        return answered, [r[0]["y"] for r in results], results[0][1]
+
+    answered, _, execution = asyncio.run(scenario())
+    # the small requests merged into one call between the first and second chunk, and were answered first
+    assert calls[:2] == [FIRST_CHUNK_ROWS, 3]
+    assert sum(calls) == 4 * FIRST_CHUNK_ROWS + 3
+    assert answered == ["small"] * 3 + ["large"]
+    assert execution.rows == 4 * FIRST_CHUNK_ROWS  # the large request's own timing covers all its chunks
+    assert execution.started_ns <= execution.input_ns <= execution.infer_ns <= execution.ended_ns
+
+
+def test_small_requests_merge_up_to_a_chunk_not_past_it():
+    sizes = [FIRST_CHUNK_ROWS // 2 + 1] * 3  # two of them make more rows than a chunk
+    _, executions, _ = asyncio.run(run_batch(policy(65_536, delay_s=0.05), sizes, 3))
+    assert executions[0].rows == sizes[0]
+    assert sum(e.rows for e in executions) == sum(sizes)
+
+
+def test_a_failed_chunk_fails_its_request_and_the_worker_goes_on():
+    calls: list[int] = []
+
+    def flaky(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        if len([n for n in calls if n > 2]) == 2:  # the large request's second chunk
+            raise RuntimeError("engine fell over")
+        return double(inputs)
+
+    outputs, executions, _ = asyncio.run(run_batch(None, [3 * FIRST_CHUNK_ROWS, 2], 2, predict=flaky))
+    assert isinstance(outputs[0], InferenceFailed) and "engine fell over" in str(outputs[0])
+    assert not isinstance(outputs[1], BaseException)  # run_batch checked its rows
+    assert sorted(e.rows for e in executions) == [2, FIRST_CHUNK_ROWS]  # no chunk after the failed one
