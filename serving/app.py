@@ -6,15 +6,23 @@ read fails the start); shutdown comes after uvicorn has let in-flight requests f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from tritonflow.lineage.errors import RepositoryError, TritonflowError
 from tritonflow.lineage.repository import ModelRepository
+from tritonflow.lineage.store.local import LocalStore
+from tritonflow.serving.access import Access, Restriction
 from tritonflow.serving.batcher import Traffic
 from tritonflow.serving.dataplane import DataPlane
 from tritonflow.serving.http import Receive, Router, Scope, Send
+from tritonflow.serving.limits import DEFAULT_MAX_INFLIGHT_BYTES
+from tritonflow.serving.loading import Loader, LoadSettings
+from tritonflow.serving.mirror import Mirror
+from tritonflow.serving.probe import ProbeLimits
 from tritonflow.serving.registry import Registry
 from tritonflow.serving.watcher import Watcher
 
@@ -28,9 +36,15 @@ DEFAULT_POLL_INTERVAL = 5.0  # seconds
 class Settings:
     repository: str
     engine: str = "auto"
-    poll_interval: float = DEFAULT_POLL_INTERVAL  # seconds; 0 turns polling off
+    poll_interval: float = DEFAULT_POLL_INTERVAL  # seconds, in model control mode "poll"
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     cache_dir: Path | None = None  # where S3 versions are downloaded; default: default_cache_dir()
+    model_control: str = "poll"  # serving/access.py MODEL_CONTROL_MODES
+    load_models: tuple[str, ...] = ()  # loaded at start-up in mode "explicit"; "*": every model
+    restrictions: tuple[Restriction, ...] = ()
+    strict_readiness: bool = True  # ready only while every model meant to serve has a version serving
+    probe: ProbeLimits | None = ProbeLimits()  # None: new versions load without a child-process probe
+    max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES  # request bodies held at once, all connections
 
 
 def default_cache_dir() -> Path:
@@ -40,12 +54,17 @@ def default_cache_dir() -> Path:
 
 class App:
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         repository = ModelRepository(settings.repository)
         traffic = Traffic()
         cache_dir = settings.cache_dir or default_cache_dir()
-        self.registry = Registry(repository, settings.engine, cache_dir, traffic)
-        self.plane = DataPlane(self.registry)
-        self.router = Router(self.plane, settings.max_request_bytes, traffic)
+        # NOTE: a local repository is its own copy; a remote one is mirrored to start while it is down
+        mirror = None if isinstance(repository.store, LocalStore) else Mirror(cache_dir, repository.uri)
+        loader = Loader(LoadSettings(settings.engine, cache_dir, settings.probe), mirror)
+        self.registry = Registry(repository, loader, traffic, mirror)
+        access = Access(settings.restrictions)
+        self.plane = DataPlane(self.registry, access, settings.model_control, settings.strict_readiness)
+        self.router = Router(self.plane, settings.max_request_bytes, traffic, settings.max_inflight_bytes)
         self.watcher = Watcher(self.registry, settings.poll_interval)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -57,12 +76,11 @@ class App:
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
         try:
-            await self.watcher.sync()
+            await self._start()
         except Exception as exc:
             log.error("cannot load %s: %s", self.registry.repository.uri, exc)
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
-        self.watcher.start()
         self.plane.ready = True
         serving = ", ".join(sorted(mv.label for mv in self.registry.serving())) or "nothing yet"
         log.info("serving %s from %s", serving, self.registry.repository.uri)
@@ -72,6 +90,39 @@ class App:
         await self.watcher.stop()
         await self.registry.close()
         await send({"type": "lifespan.shutdown.complete"})
+
+    async def _start(self) -> None:
+        """Load what the model control mode says; from the mirror if the repository is down."""
+        mode = self.settings.model_control
+        if mode == "explicit":
+            await self._load_named(self.settings.load_models)
+            return
+        try:
+            await self.watcher.sync()
+        except RepositoryError as exc:
+            mirror = self.registry.mirror.repository() if self.registry.mirror is not None else None
+            if mirror is None:
+                raise
+            log.warning(
+                "cannot read %s (%s): starting from the copy of what it last served, %s",
+                self.registry.repository.uri,
+                exc,
+                mirror.uri,
+            )
+            await self.watcher.sync(source=mirror)
+            self.watcher.failed(exc)
+        if mode == "poll":
+            self.watcher.start()
+
+    async def _load_named(self, names: tuple[str, ...]) -> None:
+        """Mode explicit: only the --load-model models (all for "*"); one that fails is logged."""
+        if "*" in names:
+            names = tuple(await asyncio.to_thread(self.registry.repository.models))
+        for name in names:
+            try:
+                await self.registry.load(name, requested=True)
+            except TritonflowError as exc:
+                log.error("--load-model %s: %s", name, exc)
 
 
 def create_app(settings: Settings) -> App:

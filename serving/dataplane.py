@@ -8,6 +8,7 @@ a ServingError; once the version is resolved, the error carries its stamp.
 from __future__ import annotations
 
 import asyncio
+import time
 from time import perf_counter_ns
 from typing import Any
 
@@ -16,8 +17,10 @@ import numpy as np
 from tritonflow import __version__
 from tritonflow.lineage import layout
 from tritonflow.lineage.errors import NotFound
+from tritonflow.lineage.records import DeploymentRecord
 from tritonflow.lineage.report import lineage_document
-from tritonflow.lineage.runs import live_run
+from tritonflow.lineage.runs import LiveRun, live_run
+from tritonflow.serving.access import Access
 from tritonflow.serving.codec import InferRequest, InferResponse
 from tritonflow.serving.datatypes import DATATYPE
 from tritonflow.serving.errors import (
@@ -25,7 +28,9 @@ from tritonflow.serving.errors import (
     InvalidVersion,
     MalformedRequest,
     MissingInputs,
+    ModelControlDisabled,
     ModelNotFound,
+    ServerNotReady,
     ServingError,
     UnknownTensor,
     WrongDatatype,
@@ -33,7 +38,9 @@ from tritonflow.serving.errors import (
 )
 from tritonflow.serving.metrics import VersionStats, create_registry, exposition
 from tritonflow.serving.model_config import to_json
-from tritonflow.serving.registry import ModelVersion, Registry, Tensor
+from tritonflow.serving.model_version import ModelVersion, Tensor
+from tritonflow.serving.registry import Registry
+from tritonflow.serving.throttle import Throttle
 
 EXTENSIONS = [
     "binary_tensor_data",
@@ -45,11 +52,27 @@ EXTENSIONS = [
 ]
 
 
+# Lineage documents are read again after this long: the live run can gain tags or notes.
+LINEAGE_TTL_S = 10.0
+LINEAGE_CACHED = 256
+
+
 class DataPlane:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        access: Access | None = None,
+        model_control: str = "poll",
+        strict_readiness: bool = True,
+    ) -> None:
         self.registry = registry
+        self.access = access or Access()
+        self.model_control = model_control
+        self.strict_readiness = strict_readiness
         self.ready = False  # set once the repository is loaded, cleared on shutdown
-        self._metrics = create_registry(self._stats)
+        self._metrics = create_registry(self._stats, self._refusals)
+        self._lineage_slots = Throttle("lineage", concurrency=1, queue=8)
+        self._lineage_cache: dict[tuple[str, int], tuple[float, DeploymentRecord, LiveRun]] = {}
 
     # -- inference -----------------------------------------------------------------------------
     async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
@@ -74,6 +97,16 @@ class DataPlane:
         return InferResponse(request.id, target.stamp, outputs)
 
     # -- health and metadata ---------------------------------------------------------------------
+    def server_ready(self) -> None:
+        """Returns if ready: started, and (strict) every model meant to serve has a version serving."""
+        if not self.ready:
+            raise ServerNotReady()
+        unserved = self.registry.unserved() if self.strict_readiness else {}
+        if unserved:
+            name = sorted(unserved)[0]
+            more = f" (and {len(unserved) - 1} more)" if len(unserved) > 1 else ""
+            raise ServerNotReady(f"model {name!r} is not serving: {unserved[name]}{more}")
+
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "tritonflow", "version": __version__, "extensions": EXTENSIONS}
 
@@ -114,10 +147,23 @@ class DataPlane:
         return exposition(self._metrics)
 
     async def lineage(self, model: str, version: str) -> dict[str, Any]:
-        """The version's lineage document: the same JSON as `tritonflow lineage <id> --json`."""
+        """The version's lineage document: the same JSON as `tritonflow lineage <id> --json`.
+        Its reads (the record, Metaflow's metadata) are throttled and kept for a few seconds."""
         number = layout.parse_version(version)
         if number is None:
             raise InvalidVersion(version)
+        serving = self.registry.models.get(model)
+        cached = self._lineage_cache.get((model, number))
+        if cached is None or cached[0] <= time.monotonic():
+            async with self._lineage_slots.slot():
+                found = await self._lineage_facts(model, number)
+            if len(self._lineage_cache) >= LINEAGE_CACHED:
+                self._lineage_cache.clear()
+            cached = self._lineage_cache[model, number] = (time.monotonic() + LINEAGE_TTL_S, *found)
+        served = sorted(serving.versions) if serving is not None else []
+        return lineage_document(cached[1], cached[2], served)
+
+    async def _lineage_facts(self, model: str, number: int) -> tuple[DeploymentRecord, LiveRun]:
         serving = self.registry.models.get(model)
         if serving is not None and number in serving.versions:
             record = serving.versions[number].record
@@ -126,10 +172,8 @@ class DataPlane:
                 record = await asyncio.to_thread(self.registry.repository.read_record, model, number)
             except NotFound:
                 raise ModelNotFound(model, number) from None
-        served = sorted(serving.versions) if serving is not None else []
         # NOTE: the live Metaflow lookup imports metaflow on first use and reads its metadata: off the loop.
-        live = await asyncio.to_thread(live_run, record)
-        return lineage_document(record, live, served)
+        return record, await asyncio.to_thread(live_run, record)
 
     # -- the repository API ------------------------------------------------------------------------
     def repository_index(self, ready_only: bool) -> list[dict[str, str]]:
@@ -137,10 +181,19 @@ class DataPlane:
         return [r for r in rows if r["state"] == "READY"] if ready_only else rows
 
     async def load(self, model: str) -> None:
+        self._check_model_control("load")
         await self.registry.load(model, requested=True)
 
     async def unload(self, model: str) -> None:
+        self._check_model_control("unload")
         await self.registry.unload(model)
+
+    def _check_model_control(self, action: str) -> None:
+        if self.model_control != "explicit":
+            raise ModelControlDisabled(action, self.model_control)
+
+    def _refusals(self) -> list[tuple[str, str, int]]:
+        return [(model, kind, n) for (model, kind), n in self.registry.refusals.items()]
 
     def _stats(self) -> list[tuple[str, int, VersionStats]]:
         return [(t.name, t.version, t.stats) for t in self.registry.serving()]

@@ -6,6 +6,7 @@ error handler. The logic lives in the data plane; the tensor formats in the code
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -15,6 +16,9 @@ from typing import Any, NamedTuple
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from tritonflow.lineage import layout
+from tritonflow.lineage.errors import TritonflowError
+from tritonflow.lineage.ids import check_model_name
 from tritonflow.serving import codec
 from tritonflow.serving.batcher import Traffic
 from tritonflow.serving.dataplane import DataPlane
@@ -22,14 +26,16 @@ from tritonflow.serving.errors import (
     JSON_TYPE,
     Headers,
     InternalError,
+    InvalidModelName,
+    InvalidVersion,
     MalformedRequest,
     MethodNotAllowed,
     RequestTooLarge,
     RouteNotFound,
-    ServerNotReady,
     ServingError,
     render,
 )
+from tritonflow.serving.limits import DEFAULT_MAX_INFLIGHT_BYTES, InflightBytes, is_encoded
 
 log = logging.getLogger("tritonflow.serving")
 
@@ -58,6 +64,10 @@ def json_response(data: Any, status: int = 200) -> Response:
 EMPTY = Response(200, b"", [])
 
 
+# A JSON part larger than this is decoded off the loop (1-row requests are ~1 KB, 1,024 rows of 30 ~600 KB).
+OFFLOAD_JSON_BYTES = 64 * 1024
+
+
 # -- handlers -------------------------------------------------------------------------------------
 async def infer(plane: DataPlane, req: Request) -> Response:
     length = req.headers.get(b"inference-header-content-length")
@@ -65,7 +75,13 @@ async def infer(plane: DataPlane, req: Request) -> Response:
         header_length = int(length) if length is not None else None
     except ValueError:
         raise MalformedRequest(f"Inference-Header-Content-Length {length!r} is not a number") from None
-    request = codec.decode_request(req.body, header_length)
+    json_bytes = len(req.body) if header_length is None else header_length
+    if json_bytes > OFFLOAD_JSON_BYTES:
+        # NOTE: a big JSON body takes ~10 ms per MB to decode; in a thread the loop can answer other
+        # requests between its steps (orjson's parse itself holds the GIL throughout).
+        request = await asyncio.to_thread(codec.decode_request, req.body, header_length)
+    else:
+        request = codec.decode_request(req.body, header_length)
     response = await plane.infer(req.params["model"], req.params.get("version"), request)
     body, json_length = codec.encode_response(response, request)
     headers = [(b"x-deployment-id", response.stamp["deployment_id"].encode())]
@@ -82,8 +98,7 @@ async def live(plane: DataPlane, req: Request) -> Response:
 
 
 async def ready(plane: DataPlane, req: Request) -> Response:
-    if not plane.ready:
-        raise ServerNotReady()
+    plane.server_ready()
     return EMPTY
 
 
@@ -151,28 +166,41 @@ def _json_body(req: Request) -> dict[str, Any]:
 
 Handler = Callable[[DataPlane, Request], Awaitable[Response]]
 
-# Every URL. Inference first: the router tries the patterns in order.
-ROUTES: list[tuple[str, str, Handler]] = [
-    ("POST", "/v2/models/{model}/infer", infer),
-    ("POST", "/v2/models/{model}/versions/{version}/infer", infer),
-    ("GET", "/v2/health/live", live),
-    ("GET", "/v2/health/ready", ready),
-    ("GET", "/v2", server_metadata),
-    ("GET", "/metrics", metrics),
-    ("GET", "/v2/models/stats", model_stats),
-    ("GET", "/v2/models/{model}", model_metadata),
-    ("GET", "/v2/models/{model}/versions/{version}", model_metadata),
-    ("GET", "/v2/models/{model}/ready", model_ready),
-    ("GET", "/v2/models/{model}/versions/{version}/ready", model_ready),
-    ("GET", "/v2/models/{model}/config", model_config),
-    ("GET", "/v2/models/{model}/versions/{version}/config", model_config),
-    ("GET", "/v2/models/{model}/stats", model_stats),
-    ("GET", "/v2/models/{model}/versions/{version}/stats", model_stats),
-    ("GET", "/v2/models/{model}/versions/{version}/lineage", lineage),
-    ("POST", "/v2/repository/index", repository_index),
-    ("POST", "/v2/repository/models/{model}/load", load),
-    ("POST", "/v2/repository/models/{model}/unload", unload),
+# Every URL, with its API group (serving/access.py). Inference first: the router tries them in order.
+ROUTES: list[tuple[str, str, str, Handler]] = [
+    ("POST", "/v2/models/{model}/infer", "inference", infer),
+    ("POST", "/v2/models/{model}/versions/{version}/infer", "inference", infer),
+    ("GET", "/v2/health/live", "health", live),
+    ("GET", "/v2/health/ready", "health", ready),
+    ("GET", "/v2", "metadata", server_metadata),
+    ("GET", "/metrics", "statistics", metrics),
+    ("GET", "/v2/models/stats", "statistics", model_stats),
+    ("GET", "/v2/models/{model}", "metadata", model_metadata),
+    ("GET", "/v2/models/{model}/versions/{version}", "metadata", model_metadata),
+    ("GET", "/v2/models/{model}/ready", "health", model_ready),
+    ("GET", "/v2/models/{model}/versions/{version}/ready", "health", model_ready),
+    ("GET", "/v2/models/{model}/config", "model-config", model_config),
+    ("GET", "/v2/models/{model}/versions/{version}/config", "model-config", model_config),
+    ("GET", "/v2/models/{model}/stats", "statistics", model_stats),
+    ("GET", "/v2/models/{model}/versions/{version}/stats", "statistics", model_stats),
+    ("GET", "/v2/models/{model}/versions/{version}/lineage", "lineage", lineage),
+    ("POST", "/v2/repository/index", "model-repository", repository_index),
+    ("POST", "/v2/repository/models/{model}/load", "model-repository", load),
+    ("POST", "/v2/repository/models/{model}/unload", "model-repository", unload),
 ]
+
+
+def check_params(params: dict[str, str]) -> None:
+    """Model names and versions from the URL, checked before anything reads a store."""
+    model = params.get("model")
+    if model is not None:
+        try:
+            check_model_name(model)
+        except TritonflowError as exc:
+            raise InvalidModelName(str(exc)) from None
+    version = params.get("version")
+    if version and layout.parse_version(version) is None:
+        raise InvalidVersion(version)
 
 
 def _compile(template: str) -> re.Pattern[str]:
@@ -183,16 +211,25 @@ def _compile(template: str) -> re.Pattern[str]:
 class Router:
     """Matches a URL to its handler, reads the body, and turns every error into a response."""
 
-    def __init__(self, plane: DataPlane, max_request_bytes: int, traffic: Traffic) -> None:
+    def __init__(
+        self,
+        plane: DataPlane,
+        max_request_bytes: int,
+        traffic: Traffic,
+        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+    ) -> None:
         self.plane = plane
         self.max_request_bytes = max_request_bytes
         self.traffic = traffic
-        self._routes = [(method, _compile(template), handler) for method, template, handler in ROUTES]
+        self.inflight = InflightBytes(max_inflight_bytes, max_request_bytes)
+        self._routes = [(m, _compile(template), group, handler) for m, template, group, handler in ROUTES]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.traffic.active += 1
+        # NOTE: the body is received through its claim on the in-flight budget, given back once answered
+        claim = self.inflight.claim(scope["headers"], receive)
         try:
-            response = await self._respond(scope, receive)
+            response = await self._respond(scope, claim.receive)
             if response is not None:
                 await send(
                     {
@@ -203,14 +240,17 @@ class Router:
                 )
                 await send({"type": "http.response.body", "body": response.body})
         finally:
+            claim.release()
             self.traffic.active -= 1
 
     async def _respond(self, scope: Scope, receive: Receive) -> Response | None:
         """The response to send; None when the client went away before sending its body."""
         method, path = scope["method"], scope["path"]
         try:
-            handler, params = self._match(method, path)
+            group, handler, params = self._match(method, path)
             headers = dict(scope["headers"])
+            self.plane.access.check(group, headers)
+            check_params(params)
             body = await self._body(headers, receive)
             if body is None:
                 return None
@@ -221,13 +261,13 @@ class Router:
             log.exception("unexpected error in %s %s", method, path)
             return Response(*render(InternalError()))
 
-    def _match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+    def _match(self, method: str, path: str) -> tuple[str, Handler, dict[str, str]]:
         allowed = []
-        for route_method, pattern, handler in self._routes:
+        for route_method, pattern, group, handler in self._routes:
             match = pattern.fullmatch(path)
             if match is not None:
                 if route_method == method:
-                    return handler, match.groupdict()
+                    return group, handler, match.groupdict()
                 allowed.append(route_method)
         if allowed:
             raise MethodNotAllowed(method, path, sorted(set(allowed)))
@@ -253,6 +293,6 @@ class Router:
                 break
         body = b"".join(chunks)  # NOTE: a single chunk comes back as is, not copied
         encoding = headers.get(b"content-encoding")
-        if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+        if encoding is not None and is_encoded(encoding):
             body = codec.decompress(body, encoding.decode("latin-1").strip().lower(), limit)
         return body

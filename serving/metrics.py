@@ -14,7 +14,7 @@ from time import perf_counter_ns
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -145,14 +145,21 @@ COUNTERS: tuple[tuple[str, str, Callable[[VersionStats], int]], ...] = (
 BATCH_SIZE = ("tritonflow_inference_batch_size", "Rows per engine call (dynamic batching merges requests)")
 BATCH_BUCKETS = tuple(2**i for i in range(14))  # 1 .. 8192 rows
 
+REFUSALS = (
+    "tritonflow_version_refusals",
+    "Model versions (and configs) refused, by reason: incomplete, integrity, probe, load, store, config",
+)
+
 Source = Callable[[], Iterable[tuple[str, int, VersionStats]]]
+RefusalSource = Callable[[], Iterable[tuple[str, str, int]]]  # (model, reason, count)
 
 
 class StatsCollector(Collector):
     """Turns the stats of every loaded version into Prometheus samples at scrape time."""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, refusals: RefusalSource) -> None:
         self._source = source
+        self._refusals = refusals
 
     def collect(self) -> Iterator[Metric]:
         versions = [(name, str(version), stats) for name, version, stats in self._source()]
@@ -165,6 +172,10 @@ class StatsCollector(Collector):
         for name, version, stats in versions:
             histogram.add_metric([name, version], _buckets(stats), stats.inference_count)
         yield histogram
+        refused = CounterMetricFamily(*REFUSALS, labels=["model", "reason"])
+        for name, reason, count in self._refusals():
+            refused.add_metric([name, reason], count)
+        yield refused
 
 
 def _buckets(stats: VersionStats) -> list[tuple[str, float]]:
@@ -175,9 +186,9 @@ def _buckets(stats: VersionStats) -> list[tuple[str, float]]:
     return [*cumulative, ("+Inf", sum(counts.values()))]
 
 
-def create_registry(source: Source) -> CollectorRegistry:
+def create_registry(source: Source, refusals: RefusalSource) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(StatsCollector(source))
+    registry.register(StatsCollector(source, refusals))
     return registry
 
 

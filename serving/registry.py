@@ -12,104 +12,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, NamedTuple
-
-import numpy as np
 
 from tritonflow.lineage import layout
-from tritonflow.lineage.errors import NotFound, RepositoryError, TritonflowError
-from tritonflow.lineage.records import DeploymentRecord
+from tritonflow.lineage.errors import NotFound, TritonflowError
 from tritonflow.lineage.repository import ModelRepository
-from tritonflow.serving import datatypes
-from tritonflow.serving.backends import Backend, backend_name, load_backend
-from tritonflow.serving.batcher import Batcher, BatchPolicy, Traffic
+from tritonflow.serving.batcher import Traffic
 from tritonflow.serving.errors import InvalidVersion, LoadFailed, ModelNotFound
-from tritonflow.serving.metrics import VersionStats
-from tritonflow.serving.model_config import ModelConfig, check_config, served_versions, signature
+from tritonflow.serving.loading import Loader, Refusal, files_token, refusal
+from tritonflow.serving.mirror import Mirror
+from tritonflow.serving.model_config import ModelConfig, check_config, served_versions
+from tritonflow.serving.model_version import ModelVersion
 
 log = logging.getLogger("tritonflow.serving")
-
-
-class Tensor(NamedTuple):
-    name: str
-    datatype: str  # protocol datatype, e.g. "FP32"
-    dtype: np.dtype
-    dims: tuple[int, ...]  # without the batch dimension; -1: any size
-
-
-def _tensors(specs: list[dict[str, Any]]) -> dict[str, Tensor]:
-    """The inputs or outputs of a config's `signature`, by name."""
-    return {
-        t["name"]: Tensor(t["name"], t["datatype"], datatypes.NUMPY[t["datatype"]], tuple(t["dims"]))
-        for t in specs
-    }
-
-
-class ModelVersion:
-    """One loaded version, with what the hot path needs computed once, at load."""
-
-    def __init__(
-        self,
-        name: str,
-        version: int,
-        config: ModelConfig,
-        record: DeploymentRecord,
-        backend: Backend,
-        traffic: Traffic,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self.name = name
-        self.version = version
-        self.label = f"{name}:{version}"
-        self.config = config
-        self.record = record
-        self.backend = backend
-        self.stamp = {
-            "model_name": name,
-            "model_version": str(version),
-            "deployment_id": record.deployment_id,
-        }
-        tensors = signature(config)
-        self.inputs = _tensors(tensors["inputs"])
-        self.outputs = _tensors(tensors["outputs"])
-        self.max_batch_size = config.max_batch_size
-        self.stats = VersionStats()
-        self.batcher = Batcher(
-            self.label,
-            backend.predict,
-            BatchPolicy.from_config(config),
-            self.stats.record_execution,
-            traffic,
-            loop,
-        )
-        self.inflight = 0
-        self.retired = False
-
-    def acquire(self) -> None:
-        self.inflight += 1
-
-    def release(self) -> None:
-        self.inflight -= 1
-        if self.retired and not self.inflight:
-            self._close()
-
-    def retire(self) -> None:
-        """Take no new requests; unload once the in-flight ones have finished."""
-        if self.retired:
-            return
-        self.retired = True
-        if not self.inflight:
-            self._close()
-
-    def _close(self) -> None:
-        self.batcher.close(then=self._unload)
-
-    def _unload(self) -> None:
-        self.backend.unload()
-        log.info("unloaded %s (%s)", self.label, self.record.deployment_id)
 
 
 @dataclass
@@ -123,9 +40,9 @@ class Model:
     versions: dict[int, ModelVersion] = field(default_factory=dict)  # replaced whole, never mutated
     latest: ModelVersion | None = None
     published: list[int] = field(default_factory=list)
-    refused: dict[int, str] = field(default_factory=dict)
+    refused: dict[int, Refusal] = field(default_factory=dict)
     loading: set[int] = field(default_factory=set)
-    unloaded: bool = False  # by a repository API request; the watcher leaves it until a load request
+    unloaded: bool = False  # by an unload request (mode explicit), until a load request
 
     def why_not(self, version: int) -> str:
         """Why a published version is not serving."""
@@ -134,7 +51,7 @@ class Model:
         if version in self.loading:
             return "loading"
         if version in self.refused:
-            return self.refused[version]
+            return self.refused[version].reason
         if self.config is None and self.config_error:
             return self.config_error
         return "not selected by the config's version_policy"
@@ -150,12 +67,15 @@ class Model:
 
 
 class Registry:
-    def __init__(self, repository: ModelRepository, engine: str, cache_dir: Path, traffic: Traffic) -> None:
+    def __init__(
+        self, repository: ModelRepository, loader: Loader, traffic: Traffic, mirror: Mirror | None = None
+    ) -> None:
         self.repository = repository
-        self.engine = engine
-        self.cache_dir = cache_dir
+        self.loader = loader
         self.traffic = traffic
+        self.mirror = mirror
         self.models: dict[str, Model] = {}
+        self.refusals: Counter[tuple[str, str]] = Counter()  # (model, Refusal.kind) -> versions refused
         self._lock = asyncio.Lock()
 
     # -- the hot path ----------------------------------------------------------------------
@@ -180,16 +100,32 @@ class Registry:
     def serving(self) -> list[ModelVersion]:
         return [mv for model in self.models.values() for mv in model.versions.values()]
 
+    def unserved(self) -> dict[str, str]:
+        """Models that have published versions and are meant to serve, yet serve none: why not."""
+        return {
+            name: model.why_none()
+            for name, model in self.models.items()
+            if model.published and not model.unloaded and model.latest is None
+        }
+
     # -- changes -----------------------------------------------------------------------------
     async def load(
-        self, name: str, published: Sequence[int] | None = None, *, requested: bool = False
+        self,
+        name: str,
+        published: Sequence[int] | None = None,
+        *,
+        requested: bool = False,
+        retry: Sequence[int] = (),
+        source: ModelRepository | None = None,
     ) -> None:
         """Bring `name` in line with the repository: check a changed config, load what the
         version_policy selects, swap it in, retire the rest. `published`: the versions a scan of
         the repository just found (the watcher's); None: list them here. `requested`: a load
         request, which also retries refused versions and undoes an unload request; it raises if
-        nothing serves.
+        nothing serves. `retry`: refused versions to try again (their files changed). `source`:
+        where to read from instead of the repository (the mirror, while the repository is down).
         """
+        repository = source or self.repository
         async with self._lock:
             model = self.models.get(name)
             if model is None:
@@ -197,17 +133,19 @@ class Registry:
             if requested:
                 model.unloaded = False
                 model.seen_config = None  # re-check the config and reload every version
-            elif model.unloaded:
-                return
             try:
-                text, versions = await asyncio.to_thread(self._read, name, published)
+                text, versions = await asyncio.to_thread(_read, repository, name, published)
             except NotFound:
                 self._drop(name)
                 if requested:
-                    raise ModelNotFound(name, None, f"it is not in {self.repository.uri}") from None
+                    raise ModelNotFound(name, None, f"it is not in {repository.uri}") from None
                 return
+            except BaseException:
+                if not model.published and not model.versions:  # never known: no entry left behind
+                    self._drop(name)
+                raise
             model.published = versions
-            await self._apply(model, text)
+            await self._apply(model, text, repository, set(retry))
             if requested and (model.config_error or not model.versions):
                 raise LoadFailed(name, model.config_error or model.why_none())
 
@@ -230,7 +168,9 @@ class Registry:
         async with self._lock:
             serving = self.serving()
             for name in list(self.models):
-                self._drop(name)
+                model = self.models.pop(name)
+                for mv in model.versions.values():
+                    mv.retire()  # NOTE: not _drop: the mirror keeps what served, for the next start
         for mv in serving:
             await asyncio.to_thread(mv.batcher.join, 10)
 
@@ -252,27 +192,22 @@ class Registry:
         return rows
 
     # -- internals -----------------------------------------------------------------------------
-    def _read(self, name: str, published: Sequence[int] | None) -> tuple[str, list[int]]:
-        text = self.repository.read_config(name)
-        return text, self.repository.versions(name) if published is None else list(published)
-
-    async def _apply(self, model: Model, text: str) -> None:
+    async def _apply(self, model: Model, text: str, repository: ModelRepository, retry: set[int]) -> None:
         config, fresh = model.config, False
         if text != model.seen_config:
             model.seen_config = text
             try:
-                config = check_config(
-                    text, f"{self.repository.uri}/{layout.config_key(model.name)}", model.name
-                )
+                config = check_config(text, f"{repository.uri}/{layout.config_key(model.name)}", model.name)
             except TritonflowError as exc:
                 model.config_error = str(exc)
+                self.refusals[model.name, "config"] += 1
                 log.error("refused the config of %s: %s", model.name, exc)
                 return
             fresh = True
         if config is None:
             return
         # A new config reloads (re-validates) every version; until it serves, the old ones do.
-        refused = {} if fresh else model.refused
+        refused = {} if fresh else {v: r for v, r in model.refused.items() if v not in retry}
         loaded = {} if fresh else dict(model.versions)
         candidates = [v for v in model.published if v not in refused]
         while True:
@@ -283,17 +218,16 @@ class Registry:
             for version in missing:
                 model.loading.add(version)
                 try:
-                    loaded[version] = await self._load_version(model.name, version, config)
+                    loaded[version] = await self._load_version(repository, model.name, version, config)
                 except Exception as exc:
-                    refused[version] = _reason(exc)
+                    refused[version] = self._refuse(model, version, exc, repository)
                     candidates.remove(version)
-                    log.error("refused %s:%d: %s", model.name, version, refused[version])
                 finally:
                     model.loading.discard(version)
         serving = {v: loaded[v] for v in targets}
         if fresh and model.versions and not serving and refused:
             model.config_error = "no version loads under the new config.pbtxt: " + "; ".join(
-                f"version {v}: {refused[v]}" for v in sorted(refused)
+                f"version {v}: {refused[v].reason}" for v in sorted(refused)
             )
             log.error("kept the previous config of %s: %s", model.name, model.config_error)
             for mv in loaded.values():
@@ -302,12 +236,34 @@ class Registry:
         model.config, model.refused = config, refused
         if fresh:  # only accepting a new text clears the error of a refused one
             model.config_error = None
+            self._mirror(lambda m: m.keep_config(model.name, text))
         for mv in set(loaded.values()) - set(serving.values()):
             mv.retire()
         self._swap(model, serving)
 
-    async def _load_version(self, name: str, version: int, config: ModelConfig) -> ModelVersion:
-        record, backend = await asyncio.to_thread(self._open_version, name, version, config)
+    def _refuse(self, model: Model, version: int, exc: Exception, repository: ModelRepository) -> Refusal:
+        try:
+            token = files_token(repository, model.name, version)
+        except TritonflowError:
+            token = ()
+        found = refusal(exc, token)
+        before = model.refused.get(version)
+        if before is not None and before.reason == found.reason:  # a retry that changed nothing
+            log.debug("still refusing %s:%d: %s", model.name, version, found.reason)
+            return found
+        self.refusals[model.name, found.kind] += 1
+        if found.kind == "incomplete":
+            log.warning(
+                "waiting for %s:%d: %s; trying again when its files change", model.name, version, found.reason
+            )
+        else:
+            log.error("refused %s:%d: %s", model.name, version, found.reason)
+        return found
+
+    async def _load_version(
+        self, repository: ModelRepository, name: str, version: int, config: ModelConfig
+    ) -> ModelVersion:
+        record, backend = await asyncio.to_thread(self.loader.open, repository, name, version, config)
         try:
             mv = ModelVersion(
                 name, version, config, record, backend, self.traffic, asyncio.get_running_loop()
@@ -318,16 +274,6 @@ class Registry:
         log.info("loaded %s (%s) engine=%s", mv.label, record.deployment_id, backend.engine)
         return mv
 
-    def _open_version(self, name: str, version: int, config: ModelConfig) -> tuple[DeploymentRecord, Backend]:
-        """Read the record, fetch the files, start the engine (blocking: runs in a thread)."""
-        record = self.repository.read_record(name, version)
-        if record.id.short != f"{name}:{version}":
-            raise RepositoryError(f"its deployment.json is the record of {record.deployment_id}")
-        folder = self.repository.store.local_dir(layout.version_key(name, version), self.cache_dir)
-        # NOTE: --engine picks the forest engine; other backends choose their own.
-        engine = self.engine if backend_name(config) == "fil" else "auto"
-        return record, load_backend(folder, config, engine)
-
     def _swap(self, model: Model, serving: dict[int, ModelVersion]) -> None:
         old = model.versions
         model.versions = serving
@@ -336,11 +282,27 @@ class Registry:
             mv.retire()
         if set(serving.values()) - set(old.values()):
             _settle_heap()
+        self._mirror(lambda m: m.follow(model.name, set(serving)))
 
     def _drop(self, name: str) -> None:
         model = self.models.pop(name, None)
         if model is not None:
             self._swap(model, {})
+
+    def _mirror(self, change: Callable[[Mirror], None]) -> None:
+        """Keep the mirror in step with what serves; a mirror that cannot be written only warns."""
+        if self.mirror is None:
+            return
+        try:
+            change(self.mirror)
+        except OSError as exc:
+            log.warning("could not update the mirror %s: %s", self.mirror.root, exc)
+
+
+def _read(repository: ModelRepository, name: str, published: Sequence[int] | None) -> tuple[str, list[int]]:
+    """The config text and the published versions (blocking: runs in a thread)."""
+    text = repository.read_config(name)
+    return text, repository.versions(name) if published is None else list(published)
 
 
 def _settle_heap() -> None:
@@ -357,8 +319,3 @@ def _settle_heap() -> None:
 
 def _row(name: str, version: str, state: str, reason: str) -> dict[str, str]:
     return {"name": name, "version": version, "state": state, "reason": reason}
-
-
-def _reason(exc: Exception) -> str:
-    """A refusal's reason: the message of errors users can act on, the type too for anything else."""
-    return str(exc) if isinstance(exc, TritonflowError) else f"{type(exc).__name__}: {exc}"

@@ -1,20 +1,52 @@
 """`tritonflow serve REPOSITORY`: the serving node on uvicorn (uvloop, httptools, no access log).
 
-SIGINT/SIGTERM stop it cleanly: uvicorn stops accepting, lets in-flight requests finish, then
-the app unloads its models.
+Connections are guarded by serving/connections.py (timeouts, a cap that fits the open-file limit)
+and request bodies by serving/limits.py (the in-flight budget); --tls-cert/--tls-key serve HTTPS.
+SIGINT/SIGTERM stop it cleanly: uvicorn stops accepting, lets in-flight requests finish (those
+still arriving or answered at --shutdown-timeout are cut), the app unloads its models, and the
+process exits with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
+import signal
+import ssl
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
+from tritonflow.lineage.errors import RepositoryError, TritonflowError
 from tritonflow.lineage.repository import ModelRepository
-from tritonflow.serving.app import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_POLL_INTERVAL, Settings, create_app
+from tritonflow.lineage.store.local import LocalStore
+from tritonflow.serving.access import API_GROUPS, MODEL_CONTROL_MODES, AccessError, Restriction
+from tritonflow.serving.app import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_POLL_INTERVAL,
+    Settings,
+    create_app,
+    default_cache_dir,
+)
 from tritonflow.serving.backends import FOREST_ENGINES
+from tritonflow.serving.connections import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_KEEP_ALIVE_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    connection_limits,
+    guarded_protocol,
+    raise_open_file_limit,
+)
+from tritonflow.serving.limits import DEFAULT_MAX_INFLIGHT_BYTES
+from tritonflow.serving.mirror import Mirror
+from tritonflow.serving.probe import ProbeLimits
+
+log = logging.getLogger("tritonflow.serving")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,11 +54,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
     parser.add_argument(
+        "--model-control-mode",
+        choices=MODEL_CONTROL_MODES,
+        default="poll",
+        help="poll: follow the repository; none: load once at start-up; explicit: load and unload by "
+        "repository API requests only (the only mode that accepts them) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --model-control-mode explicit: a model to load at start-up (repeatable; '*': all)",
+    )
+    parser.add_argument(
         "--poll-interval",
-        type=float,
+        type=_positive,
         default=DEFAULT_POLL_INTERVAL,
         metavar="SECONDS",
-        help="how often to look for new versions and config changes; 0: never (default: %(default)s)",
+        help="how often mode poll looks for new versions and config changes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--restrict",
+        action="append",
+        default=[],
+        type=_restriction,
+        metavar="GROUPS:HEADER=VALUE",
+        help="answer API GROUPS (comma-separated: " + ", ".join(API_GROUPS) + ") with 403 unless the "
+        "request has HEADER=VALUE, like Triton's --http-restricted-api (repeatable)",
+    )
+    parser.add_argument(
+        "--strict-readiness",
+        type=_boolean,
+        default=True,
+        metavar="true|false",
+        help="ready only while every model meant to serve has a version serving (default: true)",
+    )
+    parser.add_argument(
+        "--probe-memory",
+        type=_positive,
+        default=ProbeLimits().memory_bytes / 2**20,
+        metavar="MIB",
+        help="a new version is first loaded and run in a child process, killed past this resident "
+        "memory: the version is refused, the node keeps serving (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--probe-timeout",
+        type=_positive,
+        default=ProbeLimits().timeout_s,
+        metavar="SECONDS",
+        help="the child's time to load the version and answer once (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--no-probe",
+        dest="probe",
+        action="store_false",
+        help="load new versions in the serving process directly (faster, not isolated)",
     )
     parser.add_argument(
         "--engine",
@@ -48,31 +131,189 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where versions from S3 are downloaded "
         "(default: tritonflow/models under $XDG_CACHE_HOME, else under ~/.cache)",
     )
+    _add_connection_arguments(parser)
+
+
+def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connections, limits and TLS")
+    group.add_argument(
+        "--max-inflight-bytes",
+        type=_count,
+        default=DEFAULT_MAX_INFLIGHT_BYTES,
+        metavar="N",
+        help="bytes of request bodies held at once, all connections together; a request past it gets 503 "
+        "with Retry-After, its body unread. JSON bodies take about 4x this in memory at peak (their numbers "
+        "decoded to Python floats) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-connections",
+        type=_count,
+        metavar="N",
+        help="connections open at once; one more is answered 503 and closed (default: 4096, or fewer "
+        "to fit the open-file limit, whose soft value is raised to the hard one at start-up)",
+    )
+    group.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=DEFAULT_HEADER_TIMEOUT,
+        metavar="SECONDS",
+        help="a request's headers must be in this long after its first byte, else 408 (default: %(default)s)",
+    )
+    group.add_argument(
+        "--body-timeout",
+        type=_seconds,
+        default=DEFAULT_BODY_TIMEOUT,
+        metavar="SECONDS",
+        help="a request's whole body must be in this long after its headers, else 408; a client that "
+        "stops reading a response for as long is dropped (default: %(default)s)",
+    )
+    group.add_argument(
+        "--keep-alive-timeout",
+        type=_seconds,
+        default=DEFAULT_KEEP_ALIVE_TIMEOUT,
+        metavar="SECONDS",
+        help="a connection with no request begun this long after it opened or after its last response "
+        "is closed; behind a load balancer, set it above the balancer's idle timeout (default: %(default)s)",
+    )
+    group.add_argument(
+        "--shutdown-timeout",
+        type=_seconds,
+        default=DEFAULT_SHUTDOWN_TIMEOUT,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, requests in progress get this long to finish before their connections "
+        "are cut (default: %(default)s)",
+    )
+    group.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate")
+    group.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
+    group.add_argument("--tls-ca", type=Path, metavar="PEM", help="require client certificates of these CAs")
+
+
+def _check_reachable(uri: str, cache_dir: Path) -> None:
+    """A mistyped path or bucket is a one-line error here, not a failed uvicorn start-up (the root
+    listing is what fails; the app's first scan reads the rest). A remote repository that cannot be
+    read is let through when the node has a copy of what it last served (the app says so)."""
+    repository = ModelRepository(uri)
+    try:
+        repository.store.list("")
+    except RepositoryError:
+        if isinstance(repository.store, LocalStore) or Mirror(cache_dir, repository.uri).repository() is None:
+            raise
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a positive number (to never poll: --model-control-mode none)"
+        )
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
+def _tls(cert: Path | None, key: Path | None, ca: Path | None) -> dict[str, Any]:
+    """uvicorn's TLS settings; files that cannot be loaded are a one-line error, not a failed start-up."""
+    if cert is None and key is None:
+        if ca is not None:
+            raise TritonflowError("--tls-ca needs --tls-cert and --tls-key: client certificates need TLS")
+        return {}
+    if cert is None or key is None:
+        given, missing = ("--tls-cert", "--tls-key") if key is None else ("--tls-key", "--tls-cert")
+        raise TritonflowError(f"{given} needs {missing}: give the certificate and its private key")
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        if ca is not None:
+            context.load_verify_locations(ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise TritonflowError(f"cannot use --tls-cert {cert}, --tls-key {key}, --tls-ca {ca}: {exc}") from exc
+    required = {"ssl_ca_certs": str(ca), "ssl_cert_reqs": ssl.CERT_REQUIRED} if ca is not None else {}
+    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key), **required}
+
+
+class Node(uvicorn.Server):
+    """uvicorn's server, minus the signal it re-raises after a graceful shutdown (exit status 143
+    on SIGTERM): a node that has drained as the signal asked exits with status 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        handled = (signal.SIGINT, signal.SIGTERM)
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected true or false")
+    return text.lower() == "true"
+
+
+def _restriction(text: str) -> Restriction:
+    try:
+        return Restriction.parse(text)
+    except AccessError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # NOTE: a mistyped path or bucket is a one-line error here, not a failed uvicorn startup; the
-    # root listing is what fails, the app's first scan reads the rest.
-    ModelRepository(args.repository).store.list("")
+    _check_reachable(args.repository, args.cache_dir or default_cache_dir())
+    if args.load_model and args.model_control_mode != "explicit":
+        raise AccessError(
+            "--load-model needs --model-control-mode explicit (the other modes load every model)"
+        )
+    tls = _tls(args.tls_cert, args.tls_key, args.tls_ca)
+    fd_limit = raise_open_file_limit()
+    limits = connection_limits(
+        args.max_connections, fd_limit, args.header_timeout, args.body_timeout, args.shutdown_timeout
+    )
+    log.info("accepting up to %d connections (open-file limit %d)", limits.max_connections, fd_limit)
     settings = Settings(
         repository=args.repository,
         engine=args.engine,
         poll_interval=args.poll_interval,
+        model_control=args.model_control_mode,
+        load_models=tuple(args.load_model),
+        restrictions=tuple(args.restrict),
+        strict_readiness=args.strict_readiness,
+        probe=ProbeLimits(int(args.probe_memory * 2**20), args.probe_timeout) if args.probe else None,
         max_request_bytes=args.max_request_bytes,
         cache_dir=args.cache_dir,
+        max_inflight_bytes=args.max_inflight_bytes,
     )
     config = uvicorn.Config(
         create_app(settings),
         host=args.host,
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(limits),
+        ws="none",  # NOTE: no WebSocket API, and an upgraded connection would leave the guarded protocol
+        timeout_keep_alive=args.keep_alive_timeout,
+        # NOTE: the protocol cuts stalled connections at the deadline; a second later, what still runs
+        # (their requests unwinding, an engine call) is cancelled
+        timeout_graceful_shutdown=args.shutdown_timeout + 1,
+        **tls,
         lifespan="on",
         access_log=False,
         log_config=None,  # our logging setup above: one format for uvicorn's lines and ours
         server_header=False,
     )
-    server = uvicorn.Server(config)
+    server = Node(config)
     server.run()
     return 0 if server.started else 1

@@ -76,3 +76,67 @@ def test_lineage_lookup_once(tmp_path: Path) -> None:
     run(BENCHMARKS / "lineage_lookup.py", "--repeats", "1", "--out", str(tmp_path), cwd=tmp_path)
     rows = json.loads((tmp_path / "lineage_lookup.json").read_text())["results"]
     assert len(rows) == 3 and all(row["median_s"] > 0 for row in rows.values())
+
+
+def test_fairness_quick_on_one_engine(tmp_path: Path) -> None:
+    # NOTE: one engine and the binary background: the JSON body builder still runs (the 1-row requests)
+    quick = ["--quick", "--engines", "treelite", "--backgrounds", "binary"]
+    run(BENCHMARKS / "fairness.py", *quick, "--out", str(tmp_path), cwd=tmp_path)
+    report = json.loads((tmp_path / "fairness.json").read_text())
+    rows = {row["background"]: row for row in report["summary"]}
+    assert set(rows) == {"none", "binary"}
+    assert {row["node"] for row in rows.values()} == {"this checkout, treelite"}
+    assert all(0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["n"] > 0 for row in rows.values())
+    assert rows["binary"]["large_rows_per_s_alone"] > 0 and rows["binary"]["large_rows_per_s_shared"] > 0
+    sweep = sorted(report["chunk_sweep"], key=lambda row: row["chunk_ms"])
+    assert len(sweep) > 1 and {row["engine"] for row in sweep} == {"treelite-gtil"}
+    assert sweep[0]["calls_per_request"] > 1, "the smallest chunk time must split an 8,192-row request"
+    assert (sweep[-1]["calls_per_request"], sweep[-1]["chunk_rows"]) == (1, 8192), "no chunking at 1 s"
+    assert "| this checkout, treelite | binary |" in (tmp_path / "fairness.md").read_text()
+
+
+def test_upload_memory_small_uploads(tmp_path: Path) -> None:
+    run(BENCHMARKS / "upload_memory.py", "--uploads", "2", "--mb", "1", "--out", str(tmp_path), cwd=tmp_path)
+    report = json.loads((tmp_path / "upload_memory.json").read_text())
+    assert report["upload_mb"] == pytest.approx(1, abs=0.1)
+    assert set(report["results"]) == {"defaults", "no in-flight bound"}
+    for row in report["results"].values():
+        assert row["statuses"] == {"404": 2}, "each body read and decoded, then no such model"
+        assert 0 < row["rss_before_mb"] <= row["rss_peak_mb"]
+        assert 0 < row["rss_after_mb"] <= row["rss_peak_mb"]
+
+
+def test_load_isolation_quick(tmp_path: Path) -> None:
+    run(BENCHMARKS / "load_isolation.py", "--quick", "--out", str(tmp_path), cwd=tmp_path)
+    report = json.loads((tmp_path / "load_isolation.json").read_text())
+    assert len(report["per_version"]) > 1
+    for row in report["per_version"]:
+        assert row["engine"] and row["checkpoint_bytes"] > 0 and row["probe_peak_rss_mib"] > 0
+        assert row["load_in_process_s"] > 0 and row["probe_then_load_s"] > 0 and row["probe_wall_s"] > 0
+    assert {row["method"] for row in report["start_methods"]} == {"forkserver", "spawn"}
+    assert all(row["probes"] > 0 and row["median_wall_s"] > 0 for row in report["start_methods"])
+    assert report["fork_server_memory"].get("rss_mib", 0) > 0, "the fork server was not found"
+    modes = {"loads only", "probes one by one", "probes at once"}
+    assert report["startup"] and all(row[mode] > 0 for row in report["startup"] for mode in modes)
+    assert "## Start-up" in (tmp_path / "load_isolation.md").read_text()
+
+
+def test_json_decode_once(tmp_path: Path) -> None:
+    run(BENCHMARKS / "json_decode.py", "--repeats", "1", "--out", str(tmp_path), cwd=tmp_path)
+    rows = json.loads((tmp_path / "json_decode.json").read_text())["results"]
+    cases = {(row["rows"], row["data"], row["values"]) for row in rows}
+    assert {(1, "flat", "dense"), (1024, "nested", "one-hot")} <= cases and len(cases) == len(rows)
+    strict, lenient = "decode, strict (after)", "decode, lenient (before)"
+    for row in rows:
+        assert row["parse only (orjson.loads)"] > 0 and row[strict] > 0 and row[lenient] > 0
+        assert row["added_us"] == pytest.approx(row[strict] - row[lenient], abs=0.02)
+
+
+def test_store_keys_gc_quick(tmp_path: Path) -> None:
+    run(BENCHMARKS / "store_keys_gc.py", "--quick", "--out", str(tmp_path), cwd=tmp_path)
+    report = json.loads((tmp_path / "store_keys_gc.json").read_text())
+    assert len(report["per_call_us"]) == 4 and all(us > 0 for us in report["per_call_us"].values())
+    figures = report["gc"]
+    assert figures["removals"] == 4 * figures["models"], "one killed deploy's four leftovers per model"
+    assert figures["published_versions"] > figures["models"] > 0 and figures["files_after"] > 0
+    assert figures["plan_s"] >= 0 and figures["apply_s"] >= 0

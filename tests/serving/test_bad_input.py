@@ -234,7 +234,7 @@ CASES = [
         "parameters must be a JSON object",
         path=f"/v2/repository/models/{MODEL}/load",
     ),
-    case("unload-unknown", b"", 404, "unknown model 'nope'", path="/v2/repository/models/nope/unload"),
+    case("unload-in-poll-mode", b"", 400, "mode 'poll'", path="/v2/repository/models/nope/unload"),
     case("index-bad-body", b"{", 400, "not valid JSON", path="/v2/repository/index"),
     case("metadata-unknown", b"", 404, "unknown model 'nope'", method="GET", path="/v2/models/nope"),
     case("stats-unknown-version", b"", 404, "version 3", method="GET", path=f"{VERSIONS}/3/stats"),

@@ -64,7 +64,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list
 
 @pytest.fixture(scope="module")
 def server(serve_module, repo) -> Server:
-    return serve_module(repo[0])
+    # explicit: the repository API's load and unload requests are accepted
+    return serve_module(repo[0], "--model-control-mode", "explicit", "--load-model", "*")
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +279,6 @@ def test_unload_and_load_requests(server):
     assert not server.client.is_model_ready("spare-rf")
     with pytest.raises(InferenceServerException, match="unloaded by request"):
         server.client.infer("spare-rf", [fp32_input(rows(1))])
-    time.sleep(0.5)  # a few polls: the watcher leaves an unloaded model alone
     index = {(r["name"], r["version"]): r for r in server.index()}
     assert index[("spare-rf", "1")] == {
         "name": "spare-rf",

@@ -14,6 +14,7 @@ from conftest import forest, publish
 
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.serving.batcher import Traffic
+from tritonflow.serving.loading import Loader, LoadSettings
 from tritonflow.serving.registry import Registry
 
 
@@ -26,7 +27,8 @@ def unfrozen():
 
 def test_loading_a_version_freezes_the_heap_and_a_swap_lets_retired_cycles_go(tmp_path, unfrozen):
     publish(tmp_path, "rf", forest())
-    registry = Registry(ModelRepository(str(tmp_path)), "auto", tmp_path / "cache", Traffic())
+    loader = Loader(LoadSettings("auto", tmp_path / "cache", probe=None), mirror=None)
+    registry = Registry(ModelRepository(str(tmp_path)), loader, Traffic())
 
     class Cycle:
         pass

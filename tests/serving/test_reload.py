@@ -20,6 +20,7 @@ from conftest import (
     N_FEATURES,
     PROBA_ATOL,
     Server,
+    Trained,
     config_for,
     data,
     forest,
@@ -119,9 +120,8 @@ def test_new_version_swaps_in_under_load_without_a_failed_request(serve, local_r
 def test_broken_version_is_refused_and_the_previous_one_keeps_serving(serve, local_repo):
     v1 = publish(local_repo, MODEL, forest(0), run_id="1000000000000001")
     server = serve(local_repo)
-    publish(
-        local_repo, MODEL, forest(0), run_id="1000000000000002", files={"checkpoint.tl": b"not a checkpoint"}
-    )
+    broken = Trained(forest(0).estimator, {"checkpoint.tl": b"not a checkpoint"}, "fil")
+    publish(local_repo, MODEL, broken, run_id="1000000000000002")  # recorded as it is: loads, fails
     assert "checkpoint.tl" in server.wait_for_state(MODEL, 2, "UNAVAILABLE")["reason"]
     assert server.index_row(MODEL, 1)["state"] == "READY"
     assert serving_id(server) == v1.deployment_id
@@ -207,9 +207,9 @@ def test_latest_two_keeps_two_versions_and_routes_to_the_highest(serve, local_re
     assert serving_id(server) == v3.deployment_id
 
 
-def test_poll_interval_zero_leaves_changes_to_a_load_request(serve, local_repo):
+def test_explicit_mode_leaves_changes_to_a_load_request(serve, local_repo):
     v1 = publish(local_repo, MODEL, forest(0), run_id="1000000000000001")
-    server = serve(local_repo, "--poll-interval", "0")  # the last --poll-interval wins
+    server = serve(local_repo, "--model-control-mode", "explicit", "--load-model", MODEL)
     v2 = publish(local_repo, MODEL, forest(2), run_id="1000000000000002")
     time.sleep(0.6)  # three polls, had polling been on
     assert serving_id(server) == v1.deployment_id

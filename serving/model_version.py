@@ -1,0 +1,100 @@
+"""One loaded model version, with what the hot path needs computed once, at load: its tensors, its
+stamp, its batcher, and a count of the requests in flight on it so a retired version is unloaded
+only when its last request is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from tritonflow.lineage.records import DeploymentRecord
+from tritonflow.serving import datatypes
+from tritonflow.serving.backends import Backend
+from tritonflow.serving.batcher import Batcher, BatchPolicy, Traffic
+from tritonflow.serving.metrics import VersionStats
+from tritonflow.serving.model_config import ModelConfig, signature
+
+log = logging.getLogger("tritonflow.serving")
+
+
+class Tensor(NamedTuple):
+    name: str
+    datatype: str  # protocol datatype, e.g. "FP32"
+    dtype: np.dtype
+    dims: tuple[int, ...]  # without the batch dimension; -1: any size
+
+
+def _tensors(specs: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """The inputs or outputs of a config's `signature`, by name."""
+    return {
+        t["name"]: Tensor(t["name"], t["datatype"], datatypes.NUMPY[t["datatype"]], tuple(t["dims"]))
+        for t in specs
+    }
+
+
+class ModelVersion:
+    """One loaded version, with what the hot path needs computed once, at load."""
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        config: ModelConfig,
+        record: DeploymentRecord,
+        backend: Backend,
+        traffic: Traffic,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.label = f"{name}:{version}"
+        self.config = config
+        self.record = record
+        self.backend = backend
+        self.stamp = {
+            "model_name": name,
+            "model_version": str(version),
+            "deployment_id": record.deployment_id,
+        }
+        tensors = signature(config)
+        self.inputs = _tensors(tensors["inputs"])
+        self.outputs = _tensors(tensors["outputs"])
+        self.max_batch_size = config.max_batch_size
+        self.stats = VersionStats()
+        self.batcher = Batcher(
+            self.label,
+            backend.predict,
+            BatchPolicy.from_config(config),
+            self.stats.record_execution,
+            traffic,
+            loop,
+        )
+        self.inflight = 0
+        self.retired = False
+
+    def acquire(self) -> None:
+        self.inflight += 1
+
+    def release(self) -> None:
+        self.inflight -= 1
+        if self.retired and not self.inflight:
+            self._close()
+
+    def retire(self) -> None:
+        """Take no new requests; unload once the in-flight ones have finished."""
+        if self.retired:
+            return
+        self.retired = True
+        if not self.inflight:
+            self._close()
+
+    def _close(self) -> None:
+        self.batcher.close(then=self._unload)
+
+    def _unload(self) -> None:
+        self.backend.unload()
+        log.info("unloaded %s (%s)", self.label, self.record.deployment_id)
