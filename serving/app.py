@@ -1,7 +1,8 @@
 """The ASGI application: wires repository, registry, data plane, router and watcher.
 
-Startup loads the repository before the server accepts requests (a repository that cannot be
-read fails the start); shutdown comes after uvicorn has let in-flight requests finish.
+Startup loads what the model control mode says before the server accepts requests; a repository
+that cannot be read fails the start, unless it is remote and the node's mirror holds what it last
+served. Shutdown comes after uvicorn has let in-flight requests finish.
 """
 
 from __future__ import annotations
