@@ -226,10 +226,11 @@ class Router:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.traffic.active += 1
+        headers = dict(scope["headers"])
         # NOTE: the body is received through its claim on the in-flight budget, given back once answered
-        claim = self.inflight.claim(scope["headers"], receive)
+        claim = self.inflight.claim(headers, receive)
         try:
-            response = await self._respond(scope, claim.receive)
+            response = await self._respond(scope, headers, claim.receive)
             if response is not None:
                 await send(
                     {
@@ -243,12 +244,11 @@ class Router:
             claim.release()
             self.traffic.active -= 1
 
-    async def _respond(self, scope: Scope, receive: Receive) -> Response | None:
+    async def _respond(self, scope: Scope, headers: dict[bytes, bytes], receive: Receive) -> Response | None:
         """The response to send; None when the client went away before sending its body."""
         method, path = scope["method"], scope["path"]
         try:
             group, handler, params = self._match(method, path)
-            headers = dict(scope["headers"])
             self.plane.access.check(group, headers)
             check_params(params)
             body = await self._body(headers, receive)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from tritonflow.lineage.errors import TritonflowError
@@ -56,15 +56,12 @@ class InflightBytes:
         self.max_request_bytes = max_request_bytes
         self.held = 0
 
-    def claim(self, headers: list[tuple[bytes, bytes]], receive: Receive) -> Claim:
-        """One request's claim; its body is to be received through `Claim.receive`."""
-        declared: int | None = None
-        extra = 0
-        for name, value in headers:
-            if name == b"content-length":
-                declared = int(value) if value.isdigit() else None
-            elif name == b"content-encoding" and is_encoded(value):
-                extra = self.max_request_bytes
+    def claim(self, headers: Mapping[bytes, bytes], receive: Receive) -> Claim:
+        """One request's claim (`headers`: lower-case names); its body is received through `Claim.receive`."""
+        length = headers.get(b"content-length")
+        declared = int(length) if length is not None and length.isdigit() else None
+        encoding = headers.get(b"content-encoding")
+        extra = self.max_request_bytes if encoding is not None and is_encoded(encoding) else 0
         return Claim(self, receive, declared, extra)
 
     def take(self, size: int) -> None:

@@ -58,7 +58,15 @@ def files_token(repository: ModelRepository, model: str, version: int) -> Token:
     return tuple((name, store.fingerprint(f"{key}/{name}")) for name in store.list(key))
 
 
-def refusal(exc: BaseException, token: Token) -> Refusal:
+class VersionRefused(TritonflowError):
+    """A version that does not load, with its Refusal (built where the folder was read)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
+def refusal(exc: BaseException, token: Token | None) -> Refusal:
     if isinstance(exc, Incomplete):
         return Refusal(str(exc), "incomplete", token)
     if isinstance(exc, IntegrityError):
@@ -85,7 +93,20 @@ class Loader:
     def open(
         self, repository: ModelRepository, name: str, version: int, config: ModelConfig
     ) -> tuple[DeploymentRecord, Backend]:
-        """The version's record and its started engine; raises with the reason it is refused."""
+        """The version's record and its started engine; raises VersionRefused with the reason."""
+        # NOTE: the folder's picture is taken first: a file that changes after it triggers a retry
+        try:
+            token: Token | None = files_token(repository, name, version)
+        except TritonflowError:
+            token = None
+        try:
+            return self._open(repository, name, version, config)
+        except Exception as exc:
+            raise VersionRefused(refusal(exc, token)) from exc
+
+    def _open(
+        self, repository: ModelRepository, name: str, version: int, config: ModelConfig
+    ) -> tuple[DeploymentRecord, Backend]:
         record = repository.read_record(name, version)
         check_record(record, name, version)
         source = repository.store.local_dir(layout.version_key(name, version), self.settings.cache_dir)

@@ -21,7 +21,7 @@ from tritonflow.lineage.errors import NotFound, TritonflowError
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.serving.batcher import Traffic
 from tritonflow.serving.errors import InvalidVersion, LoadFailed, ModelNotFound
-from tritonflow.serving.loading import Loader, Refusal, files_token, refusal
+from tritonflow.serving.loading import Loader, Refusal, VersionRefused, refusal
 from tritonflow.serving.mirror import Mirror
 from tritonflow.serving.model_config import ModelConfig, check_config, served_versions
 from tritonflow.serving.model_version import ModelVersion
@@ -220,7 +220,9 @@ class Registry:
                 try:
                     loaded[version] = await self._load_version(repository, model.name, version, config)
                 except Exception as exc:
-                    refused[version] = self._refuse(model, version, exc, repository)
+                    # NOTE: the loader says why (VersionRefused); anything else failed past it, on the loop
+                    found = exc.refusal if isinstance(exc, VersionRefused) else refusal(exc, ())
+                    refused[version] = self._refuse(model, version, found)
                     candidates.remove(version)
                 finally:
                     model.loading.discard(version)
@@ -241,12 +243,8 @@ class Registry:
             mv.retire()
         self._swap(model, serving)
 
-    def _refuse(self, model: Model, version: int, exc: Exception, repository: ModelRepository) -> Refusal:
-        try:
-            token = files_token(repository, model.name, version)
-        except TritonflowError:
-            token = ()
-        found = refusal(exc, token)
+    def _refuse(self, model: Model, version: int, found: Refusal) -> Refusal:
+        """Count and log a refusal; a retry refused again for the same reason only at debug level."""
         before = model.refused.get(version)
         if before is not None and before.reason == found.reason:  # a retry that changed nothing
             log.debug("still refusing %s:%d: %s", model.name, version, found.reason)

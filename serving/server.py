@@ -72,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive,
         default=DEFAULT_POLL_INTERVAL,
         metavar="SECONDS",
-        help="how often mode poll looks for new versions and config changes (default: %(default)s)",
+        help="how often mode poll looks for new versions and config changes; never: --model-control-mode "
+        "none (default: %(default)s)",
     )
     parser.add_argument(
         "--restrict",
@@ -154,14 +155,14 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--header-timeout",
-        type=_seconds,
+        type=_positive,
         default=DEFAULT_HEADER_TIMEOUT,
         metavar="SECONDS",
         help="a request's headers must be in this long after its first byte, else 408 (default: %(default)s)",
     )
     group.add_argument(
         "--body-timeout",
-        type=_seconds,
+        type=_positive,
         default=DEFAULT_BODY_TIMEOUT,
         metavar="SECONDS",
         help="a request's whole body must be in this long after its headers, else 408; a client that "
@@ -169,7 +170,7 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--keep-alive-timeout",
-        type=_seconds,
+        type=_positive,
         default=DEFAULT_KEEP_ALIVE_TIMEOUT,
         metavar="SECONDS",
         help="a connection with no request begun this long after it opened or after its last response "
@@ -177,7 +178,7 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--shutdown-timeout",
-        type=_seconds,
+        type=_positive,
         default=DEFAULT_SHUTDOWN_TIMEOUT,
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, requests in progress get this long to finish before their connections "
@@ -202,17 +203,8 @@ def _check_reachable(uri: str, cache_dir: Path) -> None:
 
 def _positive(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(
-            f"{text} is not a positive number (to never poll: --model-control-mode none)"
-        )
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
     if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
     return value
 
 
