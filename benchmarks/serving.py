@@ -493,7 +493,7 @@ def triton_launch(explicit: Path | None, build: bool, workdir: Path) -> triton_e
         reason = triton_env.unsupported()
         if reason:
             return reason
-        # NOTE: reinstalls this checkout's tritonflow there: Triton runs the `fil` backend under test
+        # NOTE: with this checkout's tritonflow over it: Triton runs the `fil` backend under test
         python = triton_env.prepare(lambda message: print(message, flush=True), workdir / "triton-env")
     else:
         return (

@@ -3,9 +3,12 @@
 python flows/fraud_flow.py run                                   # synthetic data
 python flows/fraud_flow.py run --data transactions.csv --target Class
 TRITONFLOW_REPOSITORY=s3://models/prod python flows/fraud_flow.py run
+
+The XGBoost and LightGBM candidates need those libraries: pip install 'tritonflow[examples]'.
 """
 
 import hashlib
+import importlib.util
 import os
 
 from metaflow import FlowSpec, Parameter, deploy, step
@@ -45,6 +48,13 @@ class FraudFlow(FlowSpec):
 
     @step
     def start(self):
+        # NOTE: before any work: a missing library would otherwise fail one foreach branch mid-run.
+        missing = [name for name in ("xgboost", "lightgbm") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise SystemExit(
+                f"{' and '.join(missing)} not installed: pip install 'tritonflow[examples]' "
+                "(or drop those candidates from CANDIDATES)"
+            )
         self.next(self.preprocess)
 
     @step

@@ -4,8 +4,11 @@ Triton 24.10 is the server binary inside the nvidia-pytriton wheel. That wheel p
 while the project's environment has nvForest (numpy>=2), so Triton gets its own virtual
 environment: built once, cached outside the checkout under
 ~/.cache/tritonflow/triton-env/<hash of its requirements>, reused while they are unchanged.
-The checkout's tritonflow is installed into it (--no-deps) before each use, so the `fil` backend
-Triton runs is the code under test, packaged as users get it.
+The checkout's tritonflow is never installed into it: each session makes a small virtual
+environment of its own that sees the cached one's packages (a .pth file) and installs this
+checkout's tritonflow there (--no-deps), so the `fil` backend Triton runs is the code under test,
+packaged as users get it, and two checkouts can test against one cached environment at once.
+(PYTHONPATH would be simpler, but Triton's python backend stub does not pass it on.)
 """
 
 from __future__ import annotations
@@ -93,23 +96,29 @@ def is_built(env: Path) -> bool:
     return (env / COMPLETE).is_file() and (env / "bin" / "python").exists()  # its base Python may be gone
 
 
-def prepare(progress: Callable[[str], None], log_dir: Path) -> Path:
-    """The cached environment's python, built if missing, with this checkout's tritonflow installed."""
+def prepare(progress: Callable[[str], None], workdir: Path) -> Path:
+    """A python for Triton: this session's environment over the cached one (built if missing),
+    with this checkout's tritonflow installed."""
     env = env_dir()
     CACHE.mkdir(parents=True, exist_ok=True)
     with (CACHE / f"{env.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # NOTE: two sessions at once: one builds, the other waits
+        # NOTE: held only while building: a complete environment is never written again.
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if not is_built(env):
             _build(env, progress)
-        python = env / "bin" / "python"
-        started = time.monotonic()
-        _run(
-            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-            + ["--no-deps", "--no-build-isolation", "--force-reinstall", str(ROOT)],
-            log_dir / "install.log",
-        )
-        progress(f"{env}: tritonflow reinstalled from {ROOT} in {time.monotonic() - started:.1f} s")
-    return python
+    started = time.monotonic()
+    session, log = workdir / "env", workdir / "install.log"
+    _run([str(env / "bin" / "python"), "-m", "venv", "--without-pip", str(session)], log)
+    (site,) = session.glob("lib/python*/site-packages")
+    (shared,) = env.glob("lib/python*/site-packages")
+    (site / "triton_env.pth").write_text(f"{shared}\n")
+    _run(
+        [str(env / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        + ["--no-deps", "--no-build-isolation", "--target", str(site), str(ROOT)],
+        log,
+    )
+    progress(f"{session} over {env}: tritonflow from {ROOT} installed in {time.monotonic() - started:.1f} s")
+    return session / "bin" / "python"
 
 
 def write_backends(python: Path, directory: Path) -> Backends:
