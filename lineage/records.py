@@ -22,8 +22,16 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def iso_utc(moment: datetime) -> str:
+    """The one timestamp format tritonflow writes and prints: ISO 8601 UTC, milliseconds, `Z`.
+
+    A naive datetime is local time (what Metaflow's Client returns: `datetime.fromtimestamp`).
+    """
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(datetime.now(UTC))
 
 
 @dataclass

@@ -12,6 +12,7 @@ from tritonflow.lineage.records import DeploymentRecord
 from tritonflow.lineage.runs import LiveRun
 
 SCHEMA = "tritonflow.lineage/v1"
+MAX_CLASSES = 20  # class labels the text names; the JSON has them all
 
 
 def lineage_document(
@@ -20,10 +21,10 @@ def lineage_document(
     """Everything known about a deployment; `served_versions` None when it was not computed."""
     meta, model = record.metaflow, record.model
     live = live or LiveRun(False, "live Metaflow lookup not requested")
-    git = meta.get("git") or {}
     task = meta.get("task")
     winner = (record.selection or {}).get("winner") or {}
-    training_task = winner.get("task") or (record.data[0]["task"] if record.data else task)
+    # NOTE: the deploying task holds the model too (@deploy(select=...) sets it before the step).
+    training_task = winner.get("task") or task
     return {
         "schema": SCHEMA,
         "deployment": {
@@ -56,11 +57,7 @@ def lineage_document(
             "attempt": meta.get("attempt"),
         },
         "code": {
-            "git_commit": git.get("commit_sha"),
-            "git_branch": git.get("branch_name"),
-            "git_repository": git.get("repo_url"),
-            "uncommitted_changes": git.get("has_uncommitted_changes"),
-            "script": meta.get("script"),
+            **code_identity(meta),
             "code_package": meta.get("code_package"),
             "metaflow_version": meta.get("metaflow_version"),
             "python_version": meta.get("python_version"),
@@ -76,6 +73,7 @@ def lineage_document(
             "library_version": model.get("library_version"),
             "hyperparameters": model.get("hyperparameters") or {},
             "n_classes": model.get("n_classes"),
+            "classes": model.get("classes"),
             "metrics": record.metrics,
             "parity": model.get("parity"),
         },
@@ -90,6 +88,47 @@ def lineage_document(
         },
         "metaflow": {"available": live.available, "notice": live.notice},
     }
+
+
+def code_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """The document's git and script facts, and a warning when the commit lacks the code that ran.
+
+    `script_in_commit` is "identical", "modified" or "untracked"; None when it was not checked
+    (no checkout, a task run from a code package, a record older than the check).
+    `uncommitted_changes` is Metaflow's check of tracked files, made true by a script that is
+    not the committed one (Metaflow's check ignores untracked files).
+    """
+    git = meta.get("git") or {}
+    tracked, matches = git.get("script_tracked"), git.get("script_matches_commit")
+    states: dict[Any, str] = {True: "identical", False: "modified"}
+    state = None if tracked is None else "untracked" if not tracked else states.get(matches)
+    dirty = True if state in ("modified", "untracked") else git.get("has_uncommitted_changes")
+    script_file = meta.get("script_file")
+    return {
+        "git_commit": git.get("commit_sha"),
+        "git_branch": git.get("branch_name"),
+        "git_repository": git.get("repo_url"),
+        "in_git_checkout": bool(git),
+        "uncommitted_changes": dirty,
+        "script": meta.get("script"),
+        "script_file": script_file,
+        "script_path": git.get("script_path"),
+        "script_in_commit": state,
+        "untracked_modules": git.get("untracked_modules") or [],
+        "untracked_modules_more": git.get("untracked_modules_more") or 0,
+        "warning": _code_warning(
+            git.get("script_path") or meta.get("script"), git.get("commit_sha"), state, script_file
+        ),
+    }
+
+
+def _code_warning(script: str | None, commit: str | None, state: str | None, file: Any) -> str | None:
+    if state not in ("modified", "untracked"):
+        return None
+    name, where = script or "the flow script", f"commit {commit[:7]}" if commit else "any commit"
+    how = f"is not in {where} (untracked)" if state == "untracked" else f"differs from {where} (modified)"
+    sha = f"; its sha256 is {file['sha256']}" if file else ""
+    return f"{name} {how}: the commit does not contain the code that ran{sha}"
 
 
 def _matches(item: dict[str, Any], live: LiveRun) -> bool | None:
@@ -138,24 +177,22 @@ def render_text(doc: dict[str, Any]) -> str:
             *[(f"param {k}", v if v != "" else "''") for k, v in sorted(run["parameters"].items())],
         ],
     )
-    dirty = {True: " (uncommitted changes)", False: "", None: ""}[code["uncommitted_changes"]]
     _section(
         lines,
         "Code",
         [
-            (
-                "git",
-                f"{code['git_commit']} on {code['git_branch'] or '-'}{dirty}"
-                if code["git_commit"]
-                else "(the flow was not in a git checkout)",
-            ),
-            ("script", code["script"]),
-            ("code package", (code["code_package"] or {}).get("url", "-")),
+            ("git", _git(code)),
+            ("script", _script(code)),
+            ("in the commit", _IN_COMMIT[code["script_in_commit"]]),
+            ("untracked", _untracked(code)),
+            ("code package", _package(code["code_package"])),
             ("metaflow", code["metaflow_version"]),
             ("python", code["python_version"]),
             ("libraries", ", ".join(f"{k} {v}" for k, v in code["libraries"].items() if v)),
         ],
     )
+    if code["warning"]:
+        lines.append(f"  WARNING: {code['warning']}")
     _section(
         lines,
         "Data",
@@ -173,6 +210,7 @@ def render_text(doc: dict[str, Any]) -> str:
         "Model",
         [
             ("class", f"{model['class']} ({model['library']} {model['library_version']})"),
+            ("classes", _classes(model["classes"], dep["signature"])),
             ("hyperparameters", params or "-"),
             *[(f"metric {k}", v) for k, v in sorted(model["metrics"].items())],
             ("parity", _parity(model["parity"])),
@@ -204,6 +242,53 @@ def _section(lines: list[str], title: str, rows: list[tuple[str, Any]]) -> None:
     lines.append(title)
     width = max((len(k) for k, _ in rows), default=0)
     lines.extend(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+_IN_COMMIT = {
+    "identical": "yes: the script is the committed file",
+    "modified": "no: the script differs from the committed file",
+    "untracked": "no: the script is untracked",
+    None: None,
+}
+
+
+def _git(code: dict[str, Any]) -> str:
+    if not code["in_git_checkout"]:
+        return "(the flow was not in a git checkout)"
+    dirty = " (uncommitted changes)" if code["uncommitted_changes"] else ""
+    return f"{code['git_commit'] or '(no commit yet)'} on {code['git_branch'] or '-'}{dirty}"
+
+
+def _script(code: dict[str, Any]) -> str | None:
+    file = code["script_file"]
+    if not file:
+        return code["script"]
+    return f"{code['script_path'] or file['path']}  {file['size']:,} bytes  sha256 {file['sha256']}"
+
+
+def _untracked(code: dict[str, Any]) -> str | None:
+    names, more = code["untracked_modules"], code["untracked_modules_more"]
+    if not names:
+        return None
+    listed = ", ".join(names) + (f" and {more} more" if more else "")
+    return f"{listed} (Python files beside the script, in no commit)"
+
+
+def _package(package: dict[str, Any] | None) -> str:
+    if not package:
+        return "-"
+    sha = package.get("sha")
+    return f"{package.get('url')}  sha {sha}" if sha else str(package.get("url"))
+
+
+def _classes(classes: list[Any] | None, signature: dict[str, Any]) -> str | None:
+    if not classes:
+        return None
+    outputs: list[dict[str, Any]] = signature.get("outputs") or [{}]
+    output = outputs[0].get("name", "output__0")
+    shown = ", ".join(f"{i}={c!r}" for i, c in enumerate(classes[:MAX_CLASSES]))
+    more = f", ... ({len(classes)} classes)" if len(classes) > MAX_CLASSES else ""
+    return f"{output} columns: {shown}{more}"
 
 
 def _signature(sig: dict[str, Any]) -> str:

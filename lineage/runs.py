@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from tritonflow.lineage.records import DeploymentRecord
+from tritonflow.lineage.records import DeploymentRecord, iso_utc
 
 
 @dataclass
@@ -78,5 +79,5 @@ def live_run(record: DeploymentRecord) -> LiveRun:
     return LiveRun(True, None, info, artifacts)
 
 
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
+def _iso(value: datetime | None) -> str | None:
+    return iso_utc(value) if value is not None else None

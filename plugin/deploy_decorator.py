@@ -6,7 +6,6 @@ extension), so heavy libraries (treelite, sklearn, onnx) are imported only when 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import sys
@@ -16,7 +15,9 @@ from metaflow.decorators import StepDecorator
 from metaflow.exception import MetaflowException
 
 from tritonflow.lineage.errors import TritonflowError
+from tritonflow.plugin.artifact_origin import producing_tasks
 from tritonflow.plugin.options import REMOTE_DECORATORS, DeployOptions, parse_options
+from tritonflow.plugin.source_identity import file_identity, run_git_info
 
 # Artifact types (class names, as Metaflow stores them) that count as training data in the record.
 _DATA_TYPES = ("ndarray", "DataFrame", "Series", "scipy.sparse", "Table", "IncludedFile")
@@ -123,6 +124,20 @@ class DeployDecorator(StepDecorator):
                 )
             # Set before the step body, so the body (and merge_artifacts) sees the chosen model.
             setattr(flow, self.options.model, self.training_task[self.options.model])
+        sample = self.options.sample
+        # NOTE: the earliest a step decorator sees the sample: it runs in its own step only, so a select
+        # join checks it after the candidates trained, yet before its own body does its work.
+        if sample and self.training_task is not None and sample in self.training_task:
+            from tritonflow.plugin.signature import sample_rows
+
+            try:
+                sample_rows(self.training_task[sample])
+            except TritonflowError as exc:
+                raise DeployException(
+                    f"step *{step_name}* did not run: sample={sample!r} "
+                    f"(from {flow.name}/{self.training_task.pathspec}): {exc} (if this step encodes the "
+                    "sample itself, keep the encoded rows under another name and pass that as sample=)"
+                ) from None
 
     def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
         from tritonflow.plugin.publish import Provenance, deploy
@@ -140,7 +155,7 @@ class DeployDecorator(StepDecorator):
             )
         provenance = Provenance(
             metaflow=self._run_info(flow),
-            data=self._data_artifacts(),
+            data=self._data_artifacts(graph),
             metrics=self._metrics(flow),
             selection=self.selection.to_record() if self.selection else None,
         )
@@ -161,7 +176,6 @@ class DeployDecorator(StepDecorator):
     # -- what the record says about the run ----------------------------------------------------
     def _run_info(self, flow) -> dict[str, Any]:
         from metaflow import current
-        from metaflow.metaflow_git import get_repository_info
         from metaflow.metaflow_version import get_version
 
         script = os.path.abspath(sys.argv[0])
@@ -181,7 +195,9 @@ class DeployDecorator(StepDecorator):
             "parameters": params,
             "data_files": _data_files(params),
             "script": os.path.basename(script),
-            "git": get_repository_info(os.path.dirname(script)) or None,
+            # the bytes that ran, whatever git says (None for a script that is not on disk)
+            "script_file": file_identity(script) if os.path.isfile(script) else None,
+            "git": run_git_info(script),
             "metaflow_version": get_version(),
             "python_version": platform.python_version(),
             "datastore": self.flow_datastore.TYPE,
@@ -192,7 +208,9 @@ class DeployDecorator(StepDecorator):
             info["code_package"] = {"url": code_url, "sha": os.environ.get("METAFLOW_CODE_SHA")}
         return info
 
-    def _data_artifacts(self) -> list[dict[str, Any]]:
+    def _data_artifacts(self, graph) -> list[dict[str, Any]]:
+        """The training task's data artifacts, each with the task that produced it (`task`) and
+        the task the model was trained with (`seen_in`)."""
         task = self.training_task
         if task is None:
             return []
@@ -206,13 +224,15 @@ class DeployDecorator(StepDecorator):
         )
         shas = dict(zip(names, task.keys_for_artifacts(names), strict=True))
         sizes = dict(task.get_artifact_sizes(names))
+        producers = producing_tasks(self.flow_datastore, graph, task, names)
         return [
             {
                 "name": name,
                 "sha": shas[name],
                 "size": sizes.get(name),
                 "type": task._info[name].get("type"),
-                "task": f"{flow_name}/{task.pathspec}",
+                "task": f"{flow_name}/{producers[name]}",
+                "seen_in": f"{flow_name}/{task.pathspec}",
             }
             for name in names
         ]
@@ -236,14 +256,11 @@ class DeployDecorator(StepDecorator):
 
 def _data_files(params: dict[str, Any]) -> list[dict[str, Any]]:
     """Parameters that name a readable file (e.g. --data), hashed: the data a run read from disk."""
-    found = []
-    for name, value in sorted(params.items()):
-        if isinstance(value, str) and value and os.path.isfile(value):
-            with open(value, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-            path = os.path.abspath(value)
-            found.append({"parameter": name, "path": path, "sha256": digest, "size": os.path.getsize(path)})
-    return found
+    return [
+        {"parameter": name, **file_identity(value)}
+        for name, value in sorted(params.items())
+        if isinstance(value, str) and value and os.path.isfile(value)
+    ]
 
 
 def _jsonable(value: Any) -> Any:

@@ -2,49 +2,69 @@
 
 Starter flow -> @deploy -> repository -> `tritonflow serve` -> requests -> lineage, all local in
 DIR, then the commands to do each step by hand. Whatever it started, it stops, also on failure.
+Without DIR it makes a new folder, never inside a git checkout (see `default_folder`).
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import importlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tritonflow.init_command import copy_starter
+from tritonflow.init_command import copy_starter, metaflow_user_export
+from tritonflow.lineage.arguments import whole_number
 from tritonflow.lineage.errors import TritonflowError
+from tritonflow.plugin.source_identity import work_tree
+from tritonflow.starter import FILES
 
 STEPS = 5
 MODEL = "fraud-classifier"
+FOLDER = "tritonflow-quickstart"
 
 
 class QuickstartError(TritonflowError):
-    """A step failed; the message says which and shows the end of its output."""
+    """A step failed (the message says which and shows the end of its output), or cannot start."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "directory", nargs="?", type=Path, help="a new folder (default ./tritonflow-quickstart)"
+        "directory",
+        nargs="?",
+        type=Path,
+        help=f"a new folder (default ./{FOLDER}, or ~/{FOLDER} when . is inside a git checkout)",
     )
-    parser.add_argument("--rows", type=int, default=5, help="transactions to score")
+    parser.add_argument(
+        "--rows", type=whole_number(1, 200), default=5, help="transactions to score, 1-200 (default: 5)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    directory = (args.directory or _new_folder(Path.cwd() / "tritonflow-quickstart")).resolve()
+    directory, avoided = (args.directory, None) if args.directory else default_folder(Path.cwd())
+    directory = directory.resolve()
+    _check_new(directory)
     repository = directory / "model_repository"
-    env = _environment(directory, repository)
+    export = metaflow_user_export()  # NOTE: None where Metaflow finds a user name by itself
+    env = _environment(directory, repository, export)
 
     _step(1, f"Copying the starter pack to {directory}")
+    if avoided:
+        print(
+            f"      not in {Path.cwd()}: it is inside the git checkout {avoided}, where flow.py would be "
+            "an untracked file that no commit holds (name a DIR to choose the folder)",
+            flush=True,
+        )
     copy_starter(directory)
 
     _step(2, "Training three candidates and deploying the best (python flow.py run)")
@@ -58,16 +78,37 @@ def main(args: argparse.Namespace) -> int:
         _step(5, f"Tracing {deployment_id} back to its run (tritonflow lineage)")
         _lineage(repository, deployment_id)
     print(f"\nDone in {time.monotonic() - started:.0f} s; the serving node is stopped. By hand:\n")
-    print(f"  cd {directory}")
-    print("  python flow.py run                          # train, select, deploy (a new version)")
-    print("  tritonflow serve model_repository           # Triton's HTTP protocol on 127.0.0.1:8000")
-    print("  python client.py                            # score, then trace the answer")
-    print(f"  tritonflow lineage {deployment_id} --repository model_repository")
+    by_hand = [(f"cd {shlex.quote(str(directory))}", "")]
+    if export:
+        by_hand.append((export, "as root: Metaflow needs a user name"))
+    by_hand += [
+        ("python flow.py run", "train, select, deploy (a new version)"),
+        ("tritonflow serve model_repository &", "Triton's HTTP protocol on 127.0.0.1:8000 (--port N)"),
+        ("python client.py", "score, then trace the answer (--url 127.0.0.1:N for another port)"),
+        (f"tritonflow lineage {deployment_id} --repository model_repository", ""),
+    ]
+    for command, why in by_hand:
+        print(f"  {command:<44}# {why}" if why else f"  {command}")
     return 0
 
 
 def _step(number: int, text: str) -> None:
     print(f"\n[{number}/{STEPS}] {text}", flush=True)
+
+
+def default_folder(cwd: Path) -> tuple[Path, Path | None]:
+    """A new ./tritonflow-quickstart, and None; or, when `cwd` is inside a git checkout, a new one
+    in the home folder (the temp folder if that is in a checkout too), and the checkout avoided.
+
+    Inside a checkout the starter's flow.py would be an untracked file, and the lineage of what it
+    deploys would name a commit that does not hold it.
+    """
+    checkout = work_tree(cwd)
+    if checkout is None:
+        return _new_folder(cwd / FOLDER), None
+    temp = Path(tempfile.gettempdir())
+    base = next((b for b in (Path.home(), temp) if work_tree(b) is None), temp)
+    return _new_folder(base / FOLDER), checkout
 
 
 def _new_folder(base: Path) -> Path:
@@ -78,22 +119,28 @@ def _new_folder(base: Path) -> Path:
     return candidate
 
 
-def _environment(directory: Path, repository: Path) -> dict[str, str]:
-    """Local Metaflow metadata and datastore in DIR, whatever the user's Metaflow config says."""
+def _check_new(directory: Path) -> None:
+    """The quickstart copies a fresh starter pack: refuse a folder that holds one, before anything runs."""
+    taken = [name for name in FILES if (directory / name).exists()]
+    if taken:
+        raise QuickstartError(
+            f"{directory} already has {', '.join(taken)}: the quickstart needs a folder without a "
+            f"starter pack: name a new DIR, or leave DIR out for a new folder; to run the pack that "
+            f"is there: cd {shlex.quote(str(directory))} && python flow.py run"
+        )
+
+
+def _environment(directory: Path, repository: Path, export: str | None) -> dict[str, str]:
+    """Local Metaflow metadata and datastore in DIR, whatever the user's Metaflow config says;
+    the user name of `export` (`export METAFLOW_USER=name`) where Metaflow would find none."""
     return {
         **os.environ,
-        # NOTE: Metaflow refuses to run as root without a user name ("root" itself is refused).
-        "METAFLOW_USER": os.environ.get("METAFLOW_USER") or _user(),
+        **({"METAFLOW_USER": export.partition("=")[2]} if export else {}),
         "METAFLOW_DEFAULT_DATASTORE": "local",
         "METAFLOW_DEFAULT_METADATA": "local",
         "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(directory),
         "TRITONFLOW_REPOSITORY": str(repository),
     }
-
-
-def _user() -> str:
-    name = getpass.getuser()
-    return name if name != "root" else "quickstart"
 
 
 def _run_flow(directory: Path, env: dict[str, str]) -> None:

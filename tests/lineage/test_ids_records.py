@@ -1,15 +1,20 @@
-"""Deployment IDs (full and short), model names, repository layout and the record's JSON."""
+"""Deployment IDs (full and short), model names, repository layout, the record's JSON and timestamps,
+and how lineage reads records older than its newest keys."""
 
 from __future__ import annotations
 
 import json
+import re
+import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from tritonflow.lineage import layout
 from tritonflow.lineage.errors import RepositoryError, TritonflowError
 from tritonflow.lineage.ids import DeploymentId, InvalidDeploymentId, check_model_name
-from tritonflow.lineage.records import SCHEMA, DeploymentRecord
+from tritonflow.lineage.records import SCHEMA, DeploymentRecord, iso_utc, utc_now
+from tritonflow.lineage.report import lineage_document, render_text
 
 
 @pytest.mark.parametrize(
@@ -113,3 +118,40 @@ def test_record_ignores_unknown_keys(make_record):
 def test_malformed_records_are_repository_errors(raw, message):
     with pytest.raises(RepositoryError, match=f"^s3://b/m/1/deployment.json:? {message}"):
         DeploymentRecord.from_json(raw, where="s3://b/m/1/deployment.json")
+
+
+def test_one_timestamp_format_whatever_the_zone(monkeypatch):
+    paris = datetime(2026, 12, 1, 20, 41, 16, 149000, tzinfo=timezone(timedelta(hours=1)))
+    assert iso_utc(paris) == "2026-12-01T19:41:16.149Z"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", utc_now())
+    # naive = local time, as Metaflow's Client returns them (datetime.fromtimestamp)
+    monkeypatch.setenv("TZ", "IST-5:30")  # NOTE: POSIX spelling: UTC+5:30, no tz database needed
+    time.tzset()
+    try:
+        local = datetime.fromtimestamp(1796154076.149)
+        assert local.hour == 1  # the zone is in effect: 19:41 UTC is 01:11 the next day
+        assert iso_utc(local) == "2026-12-01T19:41:16.149Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_lineage_reads_records_older_than_the_code_identity(make_record):
+    """Records written before script_file and the script's git state still render, claiming nothing."""
+    bare = make_record()
+    older = make_record()
+    older.metaflow["git"] = {
+        "commit_sha": "b0c8b39" + "0" * 33,
+        "branch_name": "main",
+        "has_uncommitted_changes": False,
+    }
+    for record, in_git in ((bare, False), (older, True)):
+        doc = lineage_document(record, None, None)
+        code = doc["code"]
+        assert code["in_git_checkout"] is in_git and code["script_in_commit"] is None
+        assert code["warning"] is None and code["script_file"] is None
+        assert code["uncommitted_changes"] is (False if in_git else None)
+        assert doc["model"]["classes"] is None
+        text = render_text(doc)
+        assert "WARNING" not in text and "in the commit" not in text and "classes" not in text
+        assert ("b0c8b39" in text) is in_git and ("not in a git checkout" in text) is not in_git

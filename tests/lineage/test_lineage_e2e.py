@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,7 @@ print(json.dumps({
     "scores": {k: t.data.val_auc for k, t in train.items()},
     "tasks": {k: t.pathspec for k, t in train.items()},
     "x_train_sha": {k: t["X_train"].sha for k, t in train.items()},
+    "preprocess": run["preprocess"].task.pathspec,
 }))
 """
     out = run([sys.executable, "-c", code], env, cwd)
@@ -69,6 +71,9 @@ def test_from_a_served_response_back_to_the_run(tmp_path, metaflow_env, serve):
     fraud_run(env, tmp_path)
     facts = client_facts(env, tmp_path)
     best = max(facts["scores"], key=facts["scores"].get)
+    # NOTE: a zone far from UTC (POSIX spelling, no tz database needed): Metaflow's Client gives
+    # local times, and lineage must print them in UTC like every other timestamp.
+    env["TZ"] = "IST-5:30"
 
     server = serve(repo)
     rows = np.random.default_rng(0).normal(size=(3, 30)).astype("float32")
@@ -86,6 +91,13 @@ def test_from_a_served_response_back_to_the_run(tmp_path, metaflow_env, serve):
     assert doc["deployment"]["deployment_id"] == stamped and doc["deployment"]["currently_served"] is True
     x_train = next(a for a in doc["data"]["artifacts"] if a["name"] == "X_train")
     assert x_train["sha"] == facts["x_train_sha"][best] and x_train["sha_matches_metaflow"] is True
+    # made in preprocess (before the foreach), read by the winning candidate's task
+    assert x_train["task"] == facts["preprocess"] and x_train["seen_in"] == facts["tasks"][best]
+    assert f"Task('{facts['preprocess']}')['X_train']" in doc["inspect"]["artifacts"]
+    stamps = [doc["run"]["created_at"], doc["deployment"]["created_at"], doc["run"]["finished_at"]]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", t) for t in stamps), stamps
+    assert stamps == sorted(stamps)  # the run started, then deployed, then finished: one clock, one zone
+    assert doc["model"]["classes"] == [0, 1]
     assert doc["decision"]["winner"]["label"] == best
     assert doc["decision"]["winner"]["task"] == facts["tasks"][best]
     assert len(doc["decision"]["candidates"]) == 4
@@ -116,6 +128,10 @@ def test_from_a_served_response_back_to_the_run(tmp_path, metaflow_env, serve):
     for heading in ("Deployment", "Run", "Code", "Data", "Model", "Decision: max:val_auc", "Inspect"):
         assert f"\n{heading}" in f"\n{text}", text
     assert f"* {best}" in text and "(matches Metaflow)" in text
+    assert re.search(r"\n  classes +output__0 columns: 0=0, 1=1\n", text), text
+    assert re.search(rf"\n  X_train +sha {x_train['sha']} .* {facts['preprocess']} ", text), text
+    for stamp in stamps:
+        assert f"  {stamp}\n" in text
 
     # the run deleted from Metaflow: the record still answers, with a one-line notice
     shutil.rmtree(Path(metaflow_env["METAFLOW_DATASTORE_SYSROOT_LOCAL"]) / ".metaflow" / "FraudFlow")
