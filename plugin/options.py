@@ -7,13 +7,16 @@ the decorator (and so this module) in every process it starts.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.ids import check_model_name
-from tritonflow.lineage.repository import default_repository
+from tritonflow.lineage.repository import REPOSITORY_ENV, default_repository
+from tritonflow.lineage.store import open_store
 from tritonflow.serving.releases import NEWEST_TRITON, parse_triton_version
 
 FORMATS = ("auto", "treelite", "onnx")
@@ -71,39 +74,82 @@ def kebab_case(flow_name: str) -> str:
 def parse_options(
     attributes: dict[str, Any], flow_name: str, is_join: bool, remote: str | None = None
 ) -> DeployOptions:
-    """Check every attribute; `remote` names the remote-execution decorator on the step, if any."""
+    """Check every attribute; `remote` names the remote-execution decorator on the step, if any.
+
+    Every wrong attribute is reported at once (one line each), so one edit fixes them all.
+    """
     get = attributes.get
-    model = _artifact(get("model") or "model", "model")
-    select = SelectRule.parse(str(get("select"))) if get("select") else None
-    if select and not is_join:
+    parsers: dict[str, Callable[[], Any]] = {
+        "model": lambda: _artifact(get("model") or "model", "model"),
+        "select": lambda: _select(get("select"), is_join),
+        "name": lambda: _model_name(get("name"), flow_name),
+        "repository": lambda: _repository(get("repository"), remote),
+        "format": lambda: _choice(get("format") or "auto", "format", FORMATS),
+        "sample": lambda: _artifact(get("sample"), "sample") if get("sample") else None,
+        "metrics": lambda: _artifact(get("metrics"), "metrics") if get("metrics") else None,
+        "instance_kind": lambda: _choice(get("instance_kind") or "cpu", "instance_kind", INSTANCE_KINDS),
+        "max_batch_size": lambda: _integer(get("max_batch_size"), "max_batch_size", 8192, minimum=1),
+        "max_queue_delay_us": lambda: _integer(
+            get("max_queue_delay_us"), "max_queue_delay_us", 100, minimum=0
+        ),
+        "triton_version": lambda: _triton_version(get("triton_version")),
+    }
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for field, parse in parsers.items():
+        try:
+            values[field] = parse()
+        except TritonflowError as exc:
+            problems.append(str(exc))
+    if len(problems) == 1:
+        raise OptionError(problems[0])
+    if problems:
+        lines = "".join(f"\n  {problem}" for problem in problems)
+        raise OptionError(f"{len(problems)} @deploy attributes are wrong:{lines}")
+    return DeployOptions(**values)
+
+
+def _select(value: Any, is_join: bool) -> SelectRule | None:
+    if not value:
+        return None
+    select = SelectRule.parse(str(value))
+    if not is_join:
         raise OptionError(
             f"select={str(select)!r} picks among a join's inputs, but this step is not a join: "
             "put @deploy(select=...) on the join step after the foreach, or drop select"
         )
-    name = check_model_name(str(get("name") or kebab_case(flow_name)))
-    repository = default_repository(get("repository"))
+    return select
+
+
+def _model_name(value: Any, flow_name: str) -> str:
+    name = str(value or kebab_case(flow_name))
+    try:
+        return check_model_name(name)
+    except TritonflowError as exc:
+        if value:
+            raise OptionError(f"name: {exc}") from None
+        raise OptionError(f"name (from the flow name {flow_name!r}): {exc}; pass @deploy(name=...)") from None
+
+
+def _repository(value: Any, remote: str | None) -> str:
+    repository = default_repository(str(value) if value else None)
+    try:
+        open_store(repository)  # NOTE: parses the URI only; nothing is read or written here
+    except (TritonflowError, ValueError) as exc:
+        origin = "" if value or not os.environ.get(REPOSITORY_ENV) else f" (from ${REPOSITORY_ENV})"
+        raise OptionError(f"repository{origin}: {exc}") from None
     if remote and not repository.startswith("s3://"):
         raise OptionError(
             f"this step runs on @{remote}, where the local repository {repository!r} would be lost: "
             "use repository='s3://bucket/prefix' (or set TRITONFLOW_REPOSITORY)"
         )
-    fmt = _choice(get("format") or "auto", "format", FORMATS)
-    instance_kind = _choice(get("instance_kind") or "cpu", "instance_kind", INSTANCE_KINDS)
-    triton_version = str(get("triton_version") or NEWEST_TRITON)
-    parse_triton_version(triton_version)
-    return DeployOptions(
-        model=model,
-        select=select,
-        name=name,
-        repository=repository,
-        format=fmt,
-        sample=_artifact(get("sample"), "sample") if get("sample") else None,
-        metrics=_artifact(get("metrics"), "metrics") if get("metrics") else None,
-        instance_kind=instance_kind,
-        max_batch_size=_integer(get("max_batch_size"), "max_batch_size", 8192, minimum=1),
-        max_queue_delay_us=_integer(get("max_queue_delay_us"), "max_queue_delay_us", 100, minimum=0),
-        triton_version=triton_version,
-    )
+    return repository
+
+
+def _triton_version(value: Any) -> str:
+    version = str(value or NEWEST_TRITON)
+    parse_triton_version(version)
+    return version
 
 
 def _artifact(value: Any, attribute: str) -> str:

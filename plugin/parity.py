@@ -19,7 +19,7 @@ import numpy as np
 
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.plugin.exporters import config_spec
-from tritonflow.plugin.exporters.base import Export
+from tritonflow.plugin.exporters.base import Export, library_errors
 from tritonflow.serving.backends import load_backend
 from tritonflow.serving.model_config import build_config
 
@@ -48,15 +48,16 @@ def check_parity(export: Export, rows: np.ndarray, tolerance: float = TOLERANCE)
     """
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     config = build_config(config_spec(export, name="parity"))
-    with tempfile.TemporaryDirectory(prefix="tritonflow-parity-") as folder:
-        for name, data in export.files.items():
-            (Path(folder) / name).write_bytes(data)
-        backend = load_backend(Path(folder), config, engine="auto")
-        try:
-            served = backend.predict({export.inputs[0].name: rows})[export.outputs[0].name]
-        finally:
-            backend.unload()
-    native = np.asarray(export.native_predict(rows), dtype=np.float64)
+    with library_errors(export.model_info["class"].rsplit(".", 1)[-1], "the parity check of"):
+        with tempfile.TemporaryDirectory(prefix="tritonflow-parity-") as folder:
+            for name, data in export.files.items():
+                (Path(folder) / name).write_bytes(data)
+            backend = load_backend(Path(folder), config, engine="auto")
+            try:
+                served = backend.predict({export.inputs[0].name: rows})[export.outputs[0].name]
+            finally:
+                backend.unload()
+        native = np.asarray(export.native_predict(rows), dtype=np.float64)
     served = np.asarray(served, dtype=np.float64)
     if served.shape != native.shape:
         raise ParityError(

@@ -14,10 +14,19 @@ import numpy as np
 
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.plugin.exporters import unwrap_pipeline
+from tritonflow.plugin.exporters.base import library_errors
+from tritonflow.plugin.model_checks import check_trained, string_columns
 
 SAMPLE_ROWS = 1024  # the parity gate runs at most this many of a sample's rows
 GENERATED_ROWS = 256
 SEED = 0
+NUMERIC_ONLY = (
+    "tritonflow serves numeric inputs only today: every served model takes one FP32 tensor, so string "
+    "and category columns must be encoded before the model (string columns served as a Triton ensemble come "
+    "in a later release). Encode them in the flow, e.g. with an OrdinalEncoder fitted in the training "
+    "step (keep it: clients' rows need the same encoding), and deploy a model or Pipeline whose input is "
+    "numbers only"
+)
 
 
 class SignatureError(TritonflowError):
@@ -33,16 +42,28 @@ class Signature:
 
 def describe(model: Any, sample: Any = None) -> Signature:
     """The input signature of `model`, checked against `sample` when one is given."""
-    model = unwrap_pipeline(model)  # a passthrough step knows no width; the model behind it does
-    width, names = model_width(model), model_feature_names(model)
+    check_trained(model)
+    with library_errors(type(model).__name__, "reading the input signature of"):
+        _refuse_string_inputs(model)
+        model = unwrap_pipeline(model)  # a passthrough step knows no width; the model behind it does
+        width, names = model_width(model), model_feature_names(model)
+    if width == 0:
+        raise SignatureError(
+            f"the {type(model).__name__} was trained on 0 features: train it on input columns"
+        )
     if sample is None:
+        if width is None and not callable(getattr(model, "predict", None)):
+            raise SignatureError(
+                f"the model artifact is {repr(model)[:60]} (a {type(model).__name__}), not a trained model: "
+                "assign the fitted model object itself (load a saved one first, e.g. joblib.load(path))"
+            )
         if width is None:
             raise SignatureError(
                 f"cannot tell how many features a {type(model).__name__} reads: pass a sample of input rows "
                 "(@deploy(sample='<artifact>'), a numpy array or DataFrame)"
             )
         return Signature(width, names, generated_rows(width))
-    rows, sample_names = _sample_rows(sample)
+    rows, sample_names = sample_rows(sample)
     if width is not None and rows.shape[1] != width:
         raise SignatureError(
             f"the sample has {rows.shape[1]} columns but the {type(model).__name__} reads {width} features: "
@@ -54,6 +75,15 @@ def describe(model: Any, sample: Any = None) -> Signature:
             "clients send features in that order, so reorder the sample (df[model.feature_names_in_])"
         )
     return Signature(rows.shape[1], sample_names or names, rows)
+
+
+def _refuse_string_inputs(model: Any) -> None:
+    strings = string_columns(model)
+    if strings:
+        raise SignatureError(
+            f"the {type(model).__name__} reads the columns {strings} as strings or categories, which its "
+            f"served FP32 input cannot carry (encoding them inside the model does not help): {NUMERIC_ONLY}"
+        )
 
 
 def generated_rows(n_features: int) -> np.ndarray:
@@ -91,28 +121,49 @@ def model_feature_names(model: Any) -> list[str] | None:
     return None if names == [f"Column_{i}" for i in range(len(names))] else names
 
 
-def _sample_rows(sample: Any) -> tuple[np.ndarray, list[str] | None]:
-    """At most SAMPLE_ROWS float32 rows of the sample, and its column names when it has them."""
+def sample_rows(sample: Any) -> tuple[np.ndarray, list[str] | None]:
+    """At most SAMPLE_ROWS float32 rows of the sample, and its column names when it has them.
+
+    Needs no model, so @deploy also runs it on the sample as the step's inputs hold it, before the step.
+    """
     columns = getattr(sample, "columns", None)
     names = [str(c) for c in columns] if columns is not None else None
-    head = sample.head(SAMPLE_ROWS) if hasattr(sample, "head") else sample[:SAMPLE_ROWS]
+    try:
+        head = sample.head(SAMPLE_ROWS) if hasattr(sample, "head") else sample[:SAMPLE_ROWS]
+    except (TypeError, KeyError):  # a dict, a number, ...: nothing that has rows
+        head = None
+    if hasattr(head, "toarray"):  # scipy.sparse: the served tensor is dense
+        head = head.toarray()
     try:
         rows = np.asarray(head, dtype=np.float32)
     except (TypeError, ValueError) as exc:
+        strings = _not_numbers(head)
         raise SignatureError(
-            f"the sample is not numeric ({_non_numeric(head) or exc}): the served input is one FP32 tensor, "
-            "so encode categorical or text columns in the model (a Pipeline) or before deploying"
+            f"the sample's columns {strings} are not numbers: {NUMERIC_ONLY}"
+            if strings
+            else f"the sample is not numeric ({exc}): pass rows of numbers shaped like the training data"
         ) from None
     if rows.ndim != 2 or rows.shape[0] == 0 or rows.shape[1] == 0:
+        kind = f"shape {list(rows.shape)}" if head is not None else f"no rows (a {type(sample).__name__})"
         raise SignatureError(
-            f"the sample has shape {list(rows.shape)}: pass a 2-D batch of rows (rows, features), "
-            "e.g. X_train[:100]"
+            f"the sample has {kind}: pass a 2-D batch of rows (rows, features), e.g. X_train[:100]"
         )
     return rows, names
 
 
-def _non_numeric(frame: Any) -> str | None:
-    if not hasattr(frame, "select_dtypes"):
-        return None
-    columns = list(frame.select_dtypes(exclude=["number", "bool"]).columns)
-    return f"columns {columns} are not numbers" if columns else None
+def _not_numbers(head: Any) -> list[str]:
+    """The sample's columns that do not convert to float32: by name in a DataFrame, else by position."""
+    if hasattr(head, "columns"):
+        columns = [(str(name), head[name]) for name in head.columns]
+    else:
+        table = np.asarray(head, dtype=object)
+        if table.ndim != 2:
+            return []
+        columns = [(f"column {j}", table[:, j]) for j in range(table.shape[1])]
+    bad = []
+    for name, values in columns:
+        try:
+            np.asarray(values, dtype=np.float32)
+        except (TypeError, ValueError):
+            bad.append(name)
+    return bad

@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from tritonflow.lineage.imports import load_object
-from tritonflow.plugin.exporters.base import Export, Exporter, ExportError
+from tritonflow.plugin.exporters.base import Export, Exporter, ExportError, library_errors
+from tritonflow.plugin.model_checks import check_trained
+from tritonflow.serving.labels import line_break
 from tritonflow.serving.model_config import ConfigSpec
 
 # top-level package of the model's class -> its adapter (how it predicts, describes and converts itself)
@@ -32,12 +34,14 @@ def export_model(model: Any, fmt: str, n_features: int, triton_version: str) -> 
     """Export `model` as `fmt` ("auto" | "treelite" | "onnx") for a Triton release; raise ExportError."""
     if fmt != "auto" and fmt not in EXPORTERS:
         raise ExportError(f"format {fmt!r} is not one of auto, {', '.join(EXPORTERS)}")
+    check_trained(model)
     model = unwrap_pipeline(model)
-    native = load_object(FAMILIES[_family(model)])(model)
-    if fmt == "auto":
-        # NOTE: in table order, imported only when reached: a tree ensemble never loads the ONNX exporter.
-        fmt = next(name for name in EXPORTERS if _exporter(name).can_export(native))
-    return _exporter(fmt).export(native, n_features, triton_version)
+    with library_errors(type(model).__name__, "exporting"):
+        native = load_object(FAMILIES[_family(model)])(model)
+        if fmt == "auto":
+            # NOTE: in table order, imported only when reached: a tree ensemble never loads the ONNX exporter.
+            fmt = next(name for name in EXPORTERS if _exporter(name).can_export(native))
+        return _exporter(fmt).export(native, n_features, triton_version)
 
 
 def config_spec(
@@ -47,7 +51,8 @@ def config_spec(
     instance_kind: str = ConfigSpec.instance_kind,
     max_queue_delay_us: int = ConfigSpec.max_queue_delay_us,
 ) -> ConfigSpec:
-    """What config.pbtxt says for an export; the deploy and the parity gate build it the same way."""
+    """What config.pbtxt says for an export; the deploy and the parity gate build it the same way.
+    A classifier's classes label its output's columns (Triton's label_filename)."""
     return ConfigSpec(
         name=name,
         backend=export.backend,
@@ -57,7 +62,20 @@ def config_spec(
         instance_kind=instance_kind,
         max_queue_delay_us=max_queue_delay_us,
         parameters=dict(export.parameters),
+        labels=_labels(export),
     )
+
+
+def _labels(export: Export) -> tuple[str, ...]:
+    """The classes, in column order, as a labels file writes them (str of each: 0/1 stay "0"/"1")."""
+    labels = tuple(str(c) for c in export.model_info.get("classes", ())) if export.n_classes else ()
+    bad = line_break(labels)
+    if bad is not None:
+        raise ExportError(
+            f"class {bad!r} holds a line break, and Triton's labels file holds one class per line: "
+            "train on classes without line breaks (e.g. map them to codes or names before fit)"
+        )
+    return labels
 
 
 def _family(model: Any) -> str:

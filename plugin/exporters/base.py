@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,26 @@ INPUT, OUTPUT = "input__0", "output__0"
 
 class ExportError(TritonflowError):
     """The model cannot be exported as asked; the message names the type and what is supported."""
+
+
+@contextmanager
+def library_errors(model_class: str, doing: str) -> Iterator[None]:
+    """Any exception from inside a library becomes one ExportError naming the model and the step.
+
+    Without this, a library's own error (AttributeError, XGBoostError, ...) reaches Metaflow as an
+    "Internal error" with a traceback. Our own errors pass unchanged: they already say what to do.
+    """
+    try:
+        yield
+    except TritonflowError:
+        raise
+    except Exception as exc:
+        raise ExportError(
+            f"{doing} the {model_class} failed inside a library ({type(exc).__name__}: {brief(exc)}): "
+            "check that the model predicts on float32 rows shaped like its training data "
+            "(model.predict(X[:5].astype('float32'))); if it does, try the other format "
+            "(format='onnx' or 'treelite') and report this with the model's class"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -52,3 +73,9 @@ class Exporter(ABC):
     @abstractmethod
     def export(self, model: Any, n_features: int, triton_version: str) -> Export:
         """Write the model's files; raise ExportError with an actionable message."""
+
+
+def brief(exc: BaseException) -> str:
+    """An exception's first line, short: libraries append C++ stack traces and long reprs."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__

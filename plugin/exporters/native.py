@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonflow.plugin.exporters.base import INPUT, ExportError
+from tritonflow.plugin.exporters.base import INPUT, ExportError, brief
 
 ONNX_OPSET = 15  # the newest onnxmltools writes; onnxruntime >= 1.10 (every supported Triton) reads it
 XGBOOST_CLASSIFIERS = ("binary:logistic", "multi:softprob", "multi:softmax")
@@ -78,7 +78,7 @@ class NativeModel(ABC):
             return int(self.predict(np.zeros((1, n_features), np.float32)).shape[1])
         except Exception as exc:  # each library raises its own type for a wrong width
             raise ExportError(
-                f"{type(self.model).__name__} does not predict on {n_features} features: {exc}"
+                f"{type(self.model).__name__} does not predict on {n_features} features: {brief(exc)}"
             ) from None
 
 
@@ -139,8 +139,8 @@ class SklearnModel(NativeModel):
         from skl2onnx.common.data_types import FloatTensorType
 
         steps = [self.model, *self.model.get_params(deep=True).values()]
-        if any(type(s).__module__.split(".")[0] in ("xgboost", "lightgbm") for s in steps):
-            _register_boosters_with_skl2onnx()
+        for library in {type(s).__module__.split(".")[0] for s in steps} & {"xgboost", "lightgbm"}:
+            _register_boosters_with_skl2onnx(library)
         final = self.model
         while hasattr(final, "steps"):  # the ZipMap option belongs to the pipeline's last estimator
             final = final.steps[-1][1]
@@ -153,25 +153,29 @@ class SklearnModel(NativeModel):
 
 
 @functools.cache
-def _register_boosters_with_skl2onnx() -> None:
-    """Teach skl2onnx the XGBoost/LightGBM wrappers (onnxmltools' converters) for pipelines ending in one."""
-    import lightgbm
-    import xgboost
-    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
-    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+def _register_boosters_with_skl2onnx(library: str) -> None:
+    """Teach skl2onnx a library's wrappers (onnxmltools' converters) for pipelines ending in one.
+
+    Per library: a pipeline ending in an XGBoost model must not need lightgbm installed, or back.
+    """
     from skl2onnx import update_registered_converter
     from skl2onnx.common import shape_calculator
 
-    classifier = shape_calculator.calculate_linear_classifier_output_shapes
-    regressor = shape_calculator.calculate_linear_regressor_output_shapes
+    if library == "xgboost":
+        import xgboost
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost as convert
+
+        classifier, regressor, prefix = xgboost.XGBClassifier, xgboost.XGBRegressor, "XGBoostXGB"
+    else:
+        import lightgbm
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm as convert
+
+        classifier, regressor, prefix = lightgbm.LGBMClassifier, lightgbm.LGBMRegressor, "LightGbmLGBM"
     options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
-    for cls, alias, shapes, convert, allowed in (
-        (xgboost.XGBClassifier, "XGBoostXGBClassifier", classifier, convert_xgboost, options),
-        (xgboost.XGBRegressor, "XGBoostXGBRegressor", regressor, convert_xgboost, None),
-        (lightgbm.LGBMClassifier, "LightGbmLGBMClassifier", classifier, convert_lightgbm, options),
-        (lightgbm.LGBMRegressor, "LightGbmLGBMRegressor", regressor, convert_lightgbm, None),
-    ):
-        update_registered_converter(cls, alias, shapes, convert, options=allowed)
+    shapes = shape_calculator.calculate_linear_classifier_output_shapes
+    update_registered_converter(classifier, f"{prefix}Classifier", shapes, convert, options=options)
+    shapes = shape_calculator.calculate_linear_regressor_output_shapes
+    update_registered_converter(regressor, f"{prefix}Regressor", shapes, convert, options=None)
 
 
 # -- XGBoost -----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonflow.plugin.exporters.base import INPUT, OUTPUT, Export, Exporter, ExportError
+from tritonflow.plugin.exporters.base import INPUT, OUTPUT, Export, Exporter, ExportError, brief
 from tritonflow.plugin.exporters.native import ONNX_OPSET, NativeModel
 from tritonflow.serving.backends.onnx import MODEL_FILE
 from tritonflow.serving.datatypes import DATATYPE
@@ -39,7 +39,7 @@ class OnnxExporter(Exporter):
             graph = model.to_onnx(n_features)
         except Exception as exc:  # the converters raise RuntimeError, NameError, KeyError, ...
             raise ExportError(
-                f"{model.onnx_converter} cannot convert {type(model.model).__name__} to ONNX: {exc}"
+                f"{model.onnx_converter} cannot convert {type(model.model).__name__} to ONNX: {brief(exc)}"
             ) from None
         graph = _serve_one_output(graph, SERVED[model.is_classifier], width)
         elem_type = graph.graph.output[0].type.tensor_type.elem_type

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tritonflow.plugin.exporters.base import INPUT, OUTPUT, Export, Exporter, ExportError
+from tritonflow.plugin.exporters.base import INPUT, OUTPUT, Export, Exporter, ExportError, brief
 from tritonflow.plugin.exporters.native import NativeModel
 from tritonflow.serving.model_config import FIL_MODEL_FILES, TensorSpec
 from tritonflow.serving.releases import classifier_key
@@ -39,9 +39,9 @@ class TreeliteExporter(Exporter):
             )
         try:
             checkpoint = model.to_treelite().serialize_bytes()
-        except treelite.TreeliteError as exc:
+        except Exception as exc:  # the importers raise TreeliteError, ValueError (string categories), ...
             raise ExportError(
-                f'Treelite cannot read this {type(model.model).__name__}: {exc}; try format="onnx"'
+                f'Treelite cannot read this {type(model.model).__name__}: {brief(exc)}; try format="onnx"'
             ) from None
         classifier = "true" if model.is_classifier else "false"
         parameters = {

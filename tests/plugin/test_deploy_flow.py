@@ -147,25 +147,53 @@ def test_fraud_flow_reads_a_csv(tmp_path, metaflow_env):
 
 
 @pytest.mark.parametrize(
-    ("kind", "deploy", "message"),
+    ("kind", "deploy", "messages"),
     [
-        ("forest", {"format": "pickle"}, "format='pickle' is not one of"),
-        ("forest", {"select": "max:auc"}, "not a join"),
-        ("forest", {"name": "../escape"}, "not a valid Triton model name"),
-        ("none", {}, "has no artifact 'model' to deploy"),
-        ("object", {}, "dict"),
-        ("offset", {}, "parity"),
-        ("forest", {"format": "treelite", "sample": "missing_artifact"}, "missing_artifact"),
+        (  # every wrong attribute at once, one line each, before the run starts
+            "forest",
+            {"format": "pickle", "instance_kind": "tpu"},
+            [
+                "2 @deploy attributes are wrong:",
+                "format='pickle' is not one of",
+                "instance_kind='tpu' is not",
+            ],
+        ),
+        ("forest", {"select": "max:auc"}, ["not a join"]),
+        ("forest", {"name": "../escape"}, ["not a valid Triton model name"]),
+        ("none", {}, ["has no artifact 'model' to deploy"]),
+        ("object", {}, ["dict"]),
+        ("offset", {}, ["parity"]),
+        ("forest", {"format": "treelite", "sample": "missing_artifact"}, ["missing_artifact"]),
+        (
+            "unfitted",
+            {"sample": "X"},
+            ["nothing was published: RandomForestClassifier is not fitted: call .fit"],
+        ),
     ],
 )
-def test_bad_input_fails_clearly_and_publishes_nothing(tmp_path, metaflow_env, kind, deploy, message):
+def test_bad_input_fails_clearly_and_publishes_nothing(tmp_path, metaflow_env, kind, deploy, messages):
     repo = tmp_path / "repo"
     env = {**metaflow_env, "TRITONFLOW_REPOSITORY": str(repo)}
     result = run_flow(TINY_FLOW, env, tmp_path, "--kind", kind, deploy={"name": "tiny", **deploy})
+    out = result.stdout + result.stderr
     assert result.returncode != 0
-    assert message in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
-    assert "Traceback" not in (result.stdout + result.stderr).split("@deploy")[-1]
+    for message in messages:
+        assert message in out, out[-3000:]
+    assert "Traceback" not in out and "Internal error" not in out, out[-3000:]
     assert not (repo / "tiny").exists() or ModelRepository(str(repo)).versions("tiny") == []
+
+
+def test_a_string_column_in_the_sample_is_refused_before_the_step_runs(tmp_path, metaflow_env):
+    repo = tmp_path / "repo"
+    env = {**metaflow_env, "TRITONFLOW_REPOSITORY": str(repo)}
+    result = run_flow(TINY_FLOW, env, tmp_path, "--kind", "text", deploy={"name": "tiny", "sample": "X_text"})
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "step train did not run: sample='X_text' (from TinyFlow/" in out, out[-3000:]
+    assert "the sample's columns ['city'] are not numbers: tritonflow serves numeric inputs only" in out
+    assert "train: the step body runs" not in out  # refused in task_pre_step, before the body's work
+    assert "Traceback" not in out and "Internal error" not in out
+    assert not repo.exists()
 
 
 def test_deploy_to_s3_with_s3_datastore(tmp_path, metaflow_s3_env, s3_bucket):

@@ -157,12 +157,33 @@ def test_multi_output_regressor_goes_to_onnx():
         export_model(model, "treelite", 5, TRITON)
 
 
-def test_string_classes_are_listed_for_the_output_columns():
+@pytest.mark.parametrize("fmt", ["treelite", "onnx"])
+def test_string_classes_are_listed_for_the_output_columns(fmt):
     X, y = make_classification(200, 5, n_classes=3, n_informative=3, random_state=0)
     labels = np.array(["fraud", "ok", "review"])[y]
-    export = export_model(RandomForestClassifier(4).fit(X, labels), "onnx", 5, TRITON)
+    export = export_model(RandomForestClassifier(4).fit(X, labels), fmt, 5, TRITON)
     assert export.model_info["classes"] == ["fraud", "ok", "review"]
     assert export.outputs[0].datatype == "FP32"  # probabilities, never a string label tensor
+    spec = config_spec(export, "m")
+    assert spec.labels == ("fraud", "ok", "review")  # Triton's labels file, one class per column
+    assert build_config(spec).output[0].label_filename == "labels.txt"
+
+
+def test_numeric_classes_label_the_columns_and_regressors_have_none():
+    X, y = make_classification(200, 5, random_state=0)
+    binary = export_model(RandomForestClassifier(4).fit(X, y), "auto", 5, TRITON)
+    assert config_spec(binary, "m").labels == ("0", "1")
+    regressor = config_spec(export_model(RandomForestRegressor(4).fit(X, y * 1.5), "auto", 5, TRITON), "m")
+    assert regressor.labels == () and build_config(regressor).output[0].label_filename == ""
+
+
+def test_a_class_with_a_line_break_is_refused():
+    X, y = make_classification(200, 5, random_state=0)
+    export = export_model(
+        RandomForestClassifier(4).fit(X, np.array(["ok", "not\r\nok"])[y]), "auto", 5, TRITON
+    )
+    with pytest.raises(ExportError, match=r"class 'not\\r\\nok' holds a line break.*one class per line"):
+        config_spec(export, "m")
 
 
 def test_unsupported_type_names_it_and_the_families():

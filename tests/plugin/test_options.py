@@ -1,5 +1,7 @@
 """@deploy attribute validation: every bad value is refused with a message that says what to do."""
 
+import re
+
 import pytest
 
 from tritonflow.lineage.errors import TritonflowError
@@ -74,3 +76,53 @@ def test_kebab_case():
     assert kebab_case("FraudFlow") == "fraud-flow"
     assert kebab_case("XGBoostFlow") == "xg-boost-flow"
     assert kebab_case("my_flow") == "my-flow"
+
+
+def test_every_wrong_attribute_is_reported_at_once():
+    with pytest.raises(TritonflowError) as caught:
+        parse_options(
+            {"select": "maxx:auc", "instance_kind": "tpu", "max_batch_size": 0, "format": "onnx"},
+            "F",
+            is_join=True,
+        )
+    headline, *lines = str(caught.value).splitlines()
+    assert headline == "3 @deploy attributes are wrong:"
+    assert [line.split("=")[0] for line in lines] == ["  select", "  instance_kind", "  max_batch_size"]
+    # each line as specific as when it is the only problem
+    for line, alone in zip(
+        lines, ({"select": "maxx:auc"}, {"instance_kind": "tpu"}, {"max_batch_size": 0}), strict=True
+    ):
+        with pytest.raises(TritonflowError) as single:
+            options(**alone)
+        assert line == f"  {single.value}" and "\n" not in str(single.value)
+
+
+def test_a_select_rule_on_a_step_that_is_no_join_is_reported_with_the_rest():
+    with pytest.raises(TritonflowError) as caught:
+        parse_options({"select": "max:auc", "sample": "X-val"}, "F", is_join=False)
+    assert str(caught.value).startswith("2 @deploy attributes are wrong:")
+    assert "not a join" in str(caught.value) and "sample='X-val' must name an artifact" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("repository", "message"),
+    [
+        ("ftp://host/models", "unsupported repository 'ftp://host/models'"),
+        ("s3://", "'s3://' is not an S3 repository"),
+        ("s3://bucket/../other", "'s3://bucket/../other' is not a safe repository URI"),
+    ],
+)
+def test_repositories_that_cannot_work_are_refused_before_the_run(repository, message):
+    with pytest.raises(TritonflowError, match=f"^repository: {re.escape(message)}"):
+        options(repository=repository)
+
+
+def test_a_bad_repository_from_the_environment_says_so(monkeypatch):
+    monkeypatch.setenv("TRITONFLOW_REPOSITORY", "gs://bucket/models")
+    with pytest.raises(TritonflowError, match=r"TRITONFLOW_REPOSITORY.*'gs://bucket/models'"):
+        options()
+
+
+def test_a_flow_name_that_makes_no_model_name_asks_for_one():
+    with pytest.raises(TritonflowError, match=r"from the flow name '___'.*pass @deploy\(name=...\)"):
+        parse_options({}, "___", is_join=False)

@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import xgboost as xgb
+from sklearn.compose import make_column_transformer
 from sklearn.datasets import make_classification
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from tritonflow.plugin.signature import SignatureError, describe, generated_rows
 
@@ -82,19 +83,108 @@ def test_columns_out_of_training_order_are_refused(data):
         describe(model, frame[COLUMNS[::-1]])
 
 
+class Predictor:
+    """A model of no known library, that does not say how many features it reads."""
+
+    def predict(self, X):
+        return np.asarray(X)[:, 0]
+
+
 def test_unknown_width_asks_for_a_sample():
-    with pytest.raises(SignatureError, match="cannot tell how many features a object reads: pass a sample"):
-        describe(object())
+    with pytest.raises(
+        SignatureError, match="cannot tell how many features a Predictor reads: pass a sample"
+    ):
+        describe(Predictor())
+
+
+def test_an_artifact_that_is_no_model_is_named_as_such():
+    with pytest.raises(SignatureError, match=r"is \{'weights': \[1\]\} \(a dict\), not a trained model"):
+        describe({"weights": [1]})
 
 
 @pytest.mark.parametrize(
     ("sample", "message"),
     [
-        (pd.DataFrame({"amount": [1.0], "city": ["Paris"]}), r"columns \['city'\] are not numbers"),
         (np.zeros(4), r"shape \[4\]: pass a 2-D batch"),
         (np.zeros((0, 4)), r"shape \[0, 4\]"),
+        ({"amount": [1.0]}, r"the sample has no rows \(a dict\): pass a 2-D batch"),
+        (5, r"the sample has no rows \(a int\)"),
     ],
 )
 def test_samples_that_cannot_be_fp32_rows_are_refused(sample, message):
     with pytest.raises(SignatureError, match=message):
-        describe(object(), sample)
+        describe(Predictor(), sample)
+
+
+@pytest.mark.parametrize(
+    ("sample", "columns"),
+    [
+        (pd.DataFrame({"amount": [1.0], "city": ["Paris"], "plan": ["gold"]}), "['city', 'plan']"),
+        (np.array([[1.0, "Paris"], [2.0, "Rome"]], dtype=object), "['column 1']"),
+    ],
+    ids=["dataframe", "object-array"],
+)
+def test_string_columns_in_the_sample_are_named_with_what_works_today(sample, columns):
+    with pytest.raises(SignatureError) as caught:
+        describe(Predictor(), sample)
+    message = str(caught.value)
+    assert message.startswith(f"the sample's columns {columns} are not numbers: ")
+    assert "numeric inputs only today" in message and "one FP32 tensor" in message
+    assert "a later release" in message and "OrdinalEncoder" in message and "\n" not in message
+
+
+def test_a_sparse_sample_is_read_as_dense_rows(data):
+    from scipy import sparse
+
+    frame, y = data
+    model = RandomForestClassifier(4).fit(frame.to_numpy(), y)
+    rows = describe(model, sparse.csr_matrix(frame.to_numpy()[:7])).rows
+    np.testing.assert_array_equal(rows, frame.to_numpy(np.float32)[:7])
+
+
+def _city_frame() -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(0)
+    city = rng.choice(["Paris", "Rome", "Oslo"], size=120)
+    frame = pd.DataFrame({"amount": rng.normal(size=120), "city": city, "visits": rng.integers(0, 5, 120)})
+    return frame, (city == "Paris").astype(int)
+
+
+def _encoding_pipeline(column: str):
+    encode = make_column_transformer((OneHotEncoder(), [column]), remainder="passthrough")
+    return make_pipeline(encode, RandomForestClassifier(4, random_state=0))
+
+
+@pytest.mark.parametrize("with_sample", [False, True], ids=["no-sample", "sample"])
+def test_a_pipeline_that_encodes_strings_itself_is_told_what_works_today(with_sample):
+    frame, y = _city_frame()
+    model = _encoding_pipeline("city").fit(frame, y)
+    with pytest.raises(SignatureError) as caught:
+        describe(model, frame if with_sample else None)
+    message = str(caught.value)
+    assert message.startswith("the Pipeline reads the columns ['city'] as strings or categories")
+    assert "encoding them inside the model does not help" in message and "numeric inputs only" in message
+    # the same Pipeline encoding a numeric column takes numbers: it is described as before
+    numeric = _encoding_pipeline("visits").fit(frame.drop(columns="city"), y)
+    assert describe(numeric, frame.drop(columns="city") if with_sample else None).n_features == 2
+
+
+def _categorical_frame() -> tuple[pd.DataFrame, np.ndarray]:
+    frame, y = _city_frame()
+    return frame.assign(city=frame["city"].astype("category")).drop(columns="visits"), y
+
+
+@pytest.mark.parametrize(
+    "fit",
+    [
+        lambda X, y: HistGradientBoostingClassifier(max_iter=4).fit(X, y),
+        lambda X, y: lgb.LGBMClassifier(n_estimators=4, verbose=-1).fit(X, y),
+        lambda X, y: lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(X, y), 4),
+        lambda X, y: xgb.XGBClassifier(n_estimators=4, enable_categorical=True).fit(X, y),
+    ],
+    ids=["hgb", "lgb", "lgb-booster", "xgb"],
+)
+def test_models_trained_on_pandas_categories_are_refused_without_a_sample(fit):
+    frame, y = _categorical_frame()
+    model = fit(frame, y)
+    with pytest.raises(SignatureError, match=r"reads the columns \['city'\] as strings or categories"):
+        describe(model)
