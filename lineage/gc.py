@@ -5,7 +5,8 @@ A publish writes, in order: the claim `<model>/.versions/<n>`, the index entries
 files with deployment.json last (locally staged in `<model>/.staging-<n>-<hex>` and renamed into
 place; on S3 object by object). A deploy killed on the way leaves a prefix of that: a claim alone,
 index entries of a version that never got its record, a staging folder, a version folder without
-deployment.json; a killed `write` leaves a temp file (`.config.pbtxt.<8 characters>`).
+deployment.json; a killed `write` leaves a temp file (`.config.pbtxt.<8 characters>`, or of the
+labels file beside it).
 
 What is never removed: anything of a version that has a deployment.json; anything of a version
 any piece of which is younger than `min_age` (a deploy in progress); the highest claim of a model
@@ -27,6 +28,8 @@ from tritonflow.lineage.repository import ModelRepository
 from tritonflow.lineage.store.base import StoredFile
 from tritonflow.lineage.store.local import STAGING, TEMP
 
+# The model-level files a publish writes (a killed write leaves a temp file of one of them).
+MODEL_FILES = (layout.CONFIG, layout.LABEL_FILE)
 DEFAULT_MIN_AGE = 3600.0  # seconds: a deploy in progress has written its pieces more recently
 
 
@@ -121,7 +124,7 @@ def _model_findings(model: str, files: dict[str, StoredFile], min_age: float, no
                 versions[n].index.append(f)
             elif layout.parse_version(_temp_target(parts[2])) is not None:
                 temps.append(f)
-        elif len(parts) == 1 and _temp_target(parts[0]) == layout.CONFIG:
+        elif len(parts) == 1 and _temp_target(parts[0]) in MODEL_FILES:
             temps.append(f)
     claims = [n for n, v in versions.items() if v.claim]
     top = max(claims, default=None)

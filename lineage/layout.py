@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable
 
 CONFIG = "config.pbtxt"
+LABEL_FILE = "labels.txt"  # beside config.pbtxt: a classifier's classes, what label_filename names
 RECORD = "deployment.json"
 CLAIMS = ".versions"
 TASKS = ".tasks"

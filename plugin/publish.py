@@ -10,6 +10,7 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any
 
+from tritonflow.lineage import layout
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.ids import DeploymentId
 from tritonflow.lineage.records import DeploymentRecord, sha256_hex, utc_now
@@ -18,11 +19,11 @@ from tritonflow.plugin.exporters import config_spec, export_model
 from tritonflow.plugin.options import DeployOptions
 from tritonflow.plugin.parity import check_parity
 from tritonflow.plugin.signature import describe
-from tritonflow.serving import model_config
+from tritonflow.serving import labels, model_config
 
 
 class SignatureChanged(TritonflowError):
-    """A model name keeps one input/output signature across versions."""
+    """A model name keeps one input/output signature, and its classes, across versions."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,11 @@ def deploy(
     )
     config = model_config.build_config(spec)
     config_text = model_config.render(config)
-    model_config.check_config(config_text, where=f"the generated config of {options.name!r}")
+    # NOTE: the labels file is per model, beside config.pbtxt, like the config itself
+    beside = {layout.LABEL_FILE: labels.labels_text(spec.labels)} if spec.labels else {}
+    model_config.check_config(
+        config_text, where=f"the generated config of {options.name!r}", read_file=beside.get
+    )
     parity = check_parity(export, signature.rows)
 
     repository = ModelRepository(options.repository)
@@ -86,7 +91,7 @@ def deploy(
             ],
             format=export.format,
             backend=export.backend,
-            config=_config_summary(config, config_text),
+            config=_config_summary(config, config_text, beside),
             signature={
                 "n_features": signature.n_features,
                 "feature_names": signature.feature_names,
@@ -108,22 +113,40 @@ def deploy(
         export.files,
         make_record,
         owner={"task": task or "(no task)", "model": options.name},
-        check_current=lambda text: _check_signature(text, config, options.name, repository.uri),
+        check_current=lambda text: _check_signature(text, config, spec.labels, options.name, repository),
+        model_files=beside,
     )
 
 
-def _check_signature(current: str, config: model_config.ModelConfig, name: str, where: str) -> None:
+def _check_signature(
+    current: str,
+    config: model_config.ModelConfig,
+    classes: tuple[str, ...],
+    name: str,
+    repository: ModelRepository,
+) -> None:
+    """The deploy keeps the model's signature and, once the model has a labels file, its classes."""
     existing = model_config.parse_config(current, where=f"{name}/config.pbtxt")
     before, after = model_config.signature(existing), model_config.signature(config)
+    new_name = "deploy under a new name (@deploy(name=...)) or use another repository"
     if before != after:
         raise SignatureChanged(
-            f"model {name!r} in {where} has the signature {before}, but this deploy has "
-            f"{after}: a model name keeps one signature, so deploy under a new name "
-            "(@deploy(name=...)) or use another repository"
+            f"model {name!r} in {repository.uri} has the signature {before}, but this deploy has "
+            f"{after}: a model name keeps one signature, so {new_name}"
+        )
+    output = config.output[0].name
+    kept = labels.read_labels(existing, output, labels.folder_reader(repository.store, name))
+    # NOTE: a model without a labels file yet (published before labels were written) takes this deploy's
+    if kept is not None and kept != list(classes):
+        raise SignatureChanged(
+            f"model {name!r} in {repository.uri} answers the classes {kept} in the columns of {output!r}, "
+            f"but this deploy's are {list(classes) or 'none'}: a model name keeps its classes in their "
+            f"order, so {new_name}"
         )
 
 
-def _config_summary(config: model_config.ModelConfig, text: str) -> dict[str, Any]:
+def _config_summary(config: model_config.ModelConfig, text: str, beside: dict[str, bytes]) -> dict[str, Any]:
+    """config.pbtxt in brief, with its sha256, and the files beside it (the labels file) with theirs."""
     return {
         "sha256": sha256_hex(text.encode()),
         "backend": config.backend,
@@ -132,4 +155,8 @@ def _config_summary(config: model_config.ModelConfig, text: str) -> dict[str, An
         "max_queue_delay_us": config.dynamic_batching.max_queue_delay_microseconds,
         "version_policy": {"latest": config.version_policy.latest.num_versions},
         "parameters": {k: v.string_value for k, v in sorted(config.parameters.items())},
+        "model_files": [
+            {"path": name, "sha256": sha256_hex(data), "size": len(data)}
+            for name, data in sorted(beside.items())
+        ],
     }

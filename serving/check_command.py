@@ -1,4 +1,4 @@
-"""`tritonflow check-config PATH...`: Triton's schema and the FIL rules, with line numbers."""
+"""`tritonflow check-config PATH...`: Triton's schema, the FIL rules and labels files, with line numbers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 
 from tritonflow.lineage.errors import TritonflowError
+from tritonflow.lineage.store import open_store
+from tritonflow.serving.labels import folder_reader
 from tritonflow.serving.model_config import problems
 
 
@@ -32,7 +34,15 @@ def main(args: argparse.Namespace) -> int:
     failed = False
     for file in [f for raw in args.paths for f in config_files(raw)]:
         model = file.parent.name if file.name == "config.pbtxt" else None
-        found = problems(file.read_text(), model_name=model)
+        folder = file.resolve().parent  # NOTE: Triton reads labels files relative to the model folder
+        labels = folder_reader(open_store(folder.parent), folder.name)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:  # a folder by that name, a binary file, no access
+            print(f"{file}:1: error: cannot be read as a UTF-8 text file ({exc.__class__.__name__})")
+            failed = True
+            continue
+        found = problems(text, model_name=model, read_file=labels)
         for p in found:
             print(f"{file}:{p.line or 1}: {p.severity}: {p.message}")
         errors = any(p.severity == "error" for p in found)

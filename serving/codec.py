@@ -160,7 +160,11 @@ def _requested_outputs(specs: Any) -> dict[str, bool | None] | None:
             raise MissingField(f"outputs[{i}].name", "a string")
         parameters = _object(spec.get("parameters"), f"output {name!r} parameters")
         if "classification" in parameters:
-            raise Unsupported("the classification extension")
+            raise Unsupported(
+                "the classification extension",
+                "drop class_count and ask for the probabilities; the model metadata's "
+                "outputs[0].parameters.classes names their columns",
+            )
         if "shared_memory_region" in parameters:
             raise Unsupported("shared memory")
         outputs[name] = _flag(parameters, "binary_data") if "binary_data" in parameters else None

@@ -118,13 +118,17 @@ class DataPlane:
         target = self.registry.resolve(model, version)
         config = target.config
         batch = [-1] if target.max_batch_size > 0 else []
+        outputs = [_tensor_json(t, batch) for t in target.outputs.values()]
+        if target.classes is not None:
+            # NOTE: on the tensor, as MLServer's tensor metadata carries parameters: which column is which
+            outputs[0]["parameters"] = {"classes": target.classes}
         return {
             "name": model,
             "versions": [str(v) for v in sorted(self.registry.models[model].versions)],
             "platform": config.platform or config.backend,
             "backend": config.backend or config.platform,
             "inputs": [_tensor_json(t, batch) for t in target.inputs.values()],
-            "outputs": [_tensor_json(t, batch) for t in target.outputs.values()],
+            "outputs": outputs,
             "engine": target.backend.engine,
             "deployment_id": target.record.deployment_id,
         }

@@ -45,8 +45,8 @@ class MissingField(ServingError):
 
 
 class Unsupported(ServingError):
-    def __init__(self, feature: str) -> None:
-        super().__init__(f"{feature} is not supported by this server")
+    def __init__(self, feature: str, instead: str = "") -> None:
+        super().__init__(f"{feature} is not supported by this server" + (f": {instead}" if instead else ""))
 
 
 class RequestTooLarge(ServingError):

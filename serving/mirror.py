@@ -34,7 +34,11 @@ class Mirror:
             return None
         return ModelRepository(self.root)
 
-    def keep_config(self, model: str, text: str) -> None:
+    def keep_config(self, model: str, text: str, files: dict[str, bytes | None]) -> None:
+        """The accepted config.pbtxt, with the labels files beside it (written first, as a publish does)."""
+        for name, data in files.items():
+            if data is not None:
+                self._write(self.root / model / name, data)
         self._write(self.root / layout.config_key(model), text.encode())
 
     def keep_version(self, model: str, version: int, folder: Path, record: DeploymentRecord) -> None:

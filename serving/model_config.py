@@ -4,6 +4,7 @@ The schema is Triton's protobuf (`tritonclient.grpc.model_config_pb2`), so unkno
 enums and wrong types are caught exactly as Triton catches them. The FIL backend adds rules the
 schema cannot express (string booleans, required and removed parameters, output dims); a
 config that breaks them loads in Triton yet silently misbehaves, so they are errors here too.
+The labels files a config names (serving/labels.py) are checked where the model folder can be read.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from google.protobuf.descriptor import FieldDescriptor
 from tritonclient.grpc import model_config_pb2 as pb
 
 from tritonflow.lineage.errors import TritonflowError
+from tritonflow.lineage.layout import LABEL_FILE
 from tritonflow.serving import datatypes
+from tritonflow.serving.labels import ReadFile, label_problems
 
 ModelConfig: TypeAlias = pb.ModelConfig
 
@@ -81,6 +84,7 @@ class ConfigSpec:
     max_queue_delay_us: int = 100
     parameters: dict[str, str] = field(default_factory=dict)
     latest_versions: int = 1
+    labels: tuple[str, ...] = ()  # what outputs[0]'s columns are, in order: its label_filename (LABEL_FILE)
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,8 @@ def build_config(spec: ConfigSpec) -> ModelConfig:
     config.version_policy.latest.num_versions = spec.latest_versions
     for key, value in spec.parameters.items():
         config.parameters[key].string_value = value
+    if spec.labels:
+        config.output[0].label_filename = LABEL_FILE
     return config
 
 
@@ -196,16 +202,24 @@ def signature(config: ModelConfig) -> dict[str, Any]:
 
 
 # -- semantic checks ---------------------------------------------------------------------------
-def check_config(text: str, where: str = "config.pbtxt", model_name: str | None = None) -> ModelConfig:
-    """Parse and check; raise ConfigError listing every error with its line number."""
+def check_config(
+    text: str, where: str = "config.pbtxt", model_name: str | None = None, read_file: ReadFile | None = None
+) -> ModelConfig:
+    """Parse and check; raise ConfigError listing every error with its line number. `read_file`: the
+    model folder's files, to check the labels files the config names (None: the text alone)."""
     config = parse_config(text, where)
-    errors = [p for p in problems(text, config, model_name) if p.severity == "error"]
+    errors = [p for p in problems(text, config, model_name, read_file) if p.severity == "error"]
     if errors:
         raise ConfigError(where, errors)
     return config
 
 
-def problems(text: str, config: ModelConfig | None = None, model_name: str | None = None) -> list[Problem]:
+def problems(
+    text: str,
+    config: ModelConfig | None = None,
+    model_name: str | None = None,
+    read_file: ReadFile | None = None,
+) -> list[Problem]:
     """Every problem found, errors and warnings, ordered by line."""
     if config is None:
         try:
@@ -225,6 +239,7 @@ def problems(text: str, config: ModelConfig | None = None, model_name: str | Non
         found += _fil_problems(config, line)
     elif config.backend == "onnxruntime" or config.platform == ONNX_PLATFORM:
         found += _tensor_problems(config, line)
+    found += [Problem(line("label_filename"), message) for message in label_problems(config, read_file)]
     for kind in config.instance_group:
         if kind.count < 0:
             found.append(Problem(line("count"), "instance_group count must be >= 0"))

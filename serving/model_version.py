@@ -36,6 +36,16 @@ def _tensors(specs: list[dict[str, Any]]) -> dict[str, Tensor]:
     }
 
 
+def _classes(record: DeploymentRecord, outputs: dict[str, Tensor]) -> list[Any] | None:
+    """What the first output's columns are, in order: the record's `model.classes` (a classifier's),
+    when it names one class per column; None otherwise."""
+    classes = record.model.get("classes")
+    first = next(iter(outputs.values()), None)
+    if isinstance(classes, list) and first is not None and first.dims[-1:] == (len(classes),):
+        return classes
+    return None
+
+
 class ModelVersion:
     """One loaded version, with what the hot path needs computed once, at load."""
 
@@ -63,6 +73,7 @@ class ModelVersion:
         tensors = signature(config)
         self.inputs = _tensors(tensors["inputs"])
         self.outputs = _tensors(tensors["outputs"])
+        self.classes = _classes(record, self.outputs)
         self.max_batch_size = config.max_batch_size
         self.stats = VersionStats()
         self.batcher = Batcher(

@@ -21,12 +21,21 @@ from tritonflow.lineage.errors import NotFound, TritonflowError
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.serving.batcher import Traffic
 from tritonflow.serving.errors import InvalidVersion, LoadFailed, ModelNotFound
+from tritonflow.serving.labels import folder_reader, model_files
 from tritonflow.serving.loading import Loader, Refusal, VersionRefused, refusal
 from tritonflow.serving.mirror import Mirror
-from tritonflow.serving.model_config import ModelConfig, check_config, served_versions
+from tritonflow.serving.model_config import (
+    ConfigError,
+    ModelConfig,
+    check_config,
+    parse_config,
+    served_versions,
+)
 from tritonflow.serving.model_version import ModelVersion
 
 log = logging.getLogger("tritonflow.serving")
+
+ModelFiles = dict[str, bytes | None]  # the labels files a config names -> their bytes (None: absent)
 
 
 @dataclass
@@ -35,7 +44,8 @@ class Model:
 
     name: str
     config: ModelConfig | None = None  # the config the serving versions were loaded under
-    seen_config: str | None = None  # the config.pbtxt text last examined, valid or not
+    # the config.pbtxt text and the labels files it names (None: absent) last examined, valid or not
+    seen_config: tuple[str, ModelFiles] | None = None
     config_error: str | None = None  # why that text was refused, while it stays as it is
     versions: dict[int, ModelVersion] = field(default_factory=dict)  # replaced whole, never mutated
     latest: ModelVersion | None = None
@@ -134,7 +144,7 @@ class Registry:
                 model.unloaded = False
                 model.seen_config = None  # re-check the config and reload every version
             try:
-                text, versions = await asyncio.to_thread(_read, repository, name, published)
+                text, files, versions = await asyncio.to_thread(_read, repository, name, published)
             except NotFound:
                 self._drop(name)
                 if requested:
@@ -145,7 +155,7 @@ class Registry:
                     self._drop(name)
                 raise
             model.published = versions
-            await self._apply(model, text, repository, set(retry))
+            await self._apply(model, text, files, repository, set(retry))
             if requested and (model.config_error or not model.versions):
                 raise LoadFailed(name, model.config_error or model.why_none())
 
@@ -192,12 +202,15 @@ class Registry:
         return rows
 
     # -- internals -----------------------------------------------------------------------------
-    async def _apply(self, model: Model, text: str, repository: ModelRepository, retry: set[int]) -> None:
+    async def _apply(
+        self, model: Model, text: str, files: ModelFiles, repository: ModelRepository, retry: set[int]
+    ) -> None:
         config, fresh = model.config, False
-        if text != model.seen_config:
-            model.seen_config = text
+        if (text, files) != model.seen_config:
+            model.seen_config = (text, files)
+            where = f"{repository.uri}/{layout.config_key(model.name)}"
             try:
-                config = check_config(text, f"{repository.uri}/{layout.config_key(model.name)}", model.name)
+                config = check_config(text, where, model.name, read_file=files.get)
             except TritonflowError as exc:
                 model.config_error = str(exc)
                 self.refusals[model.name, "config"] += 1
@@ -238,7 +251,7 @@ class Registry:
         model.config, model.refused = config, refused
         if fresh:  # only accepting a new text clears the error of a refused one
             model.config_error = None
-            self._mirror(lambda m: m.keep_config(model.name, text))
+            self._mirror(lambda m: m.keep_config(model.name, text, files))
         for mv in set(loaded.values()) - set(serving.values()):
             mv.retire()
         self._swap(model, serving)
@@ -297,10 +310,18 @@ class Registry:
             log.warning("could not update the mirror %s: %s", self.mirror.root, exc)
 
 
-def _read(repository: ModelRepository, name: str, published: Sequence[int] | None) -> tuple[str, list[int]]:
-    """The config text and the published versions (blocking: runs in a thread)."""
+def _read(
+    repository: ModelRepository, name: str, published: Sequence[int] | None
+) -> tuple[str, ModelFiles, list[int]]:
+    """The config text, the labels files it names and the published versions (blocking: in a thread)."""
     text = repository.read_config(name)
-    return text, repository.versions(name) if published is None else list(published)
+    try:
+        names = model_files(parse_config(text))
+    except ConfigError:  # its check says why
+        names = []
+    read = folder_reader(repository.store, name)
+    files = {file: read(file) for file in names}
+    return text, files, repository.versions(name) if published is None else list(published)
 
 
 def _settle_heap() -> None:

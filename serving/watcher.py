@@ -1,8 +1,8 @@
 """Polls the repository and hands each change to the registry: new, changed or removed models.
 
-A change is a new config.pbtxt fingerprint or a new list of published versions (folders with
-their deployment.json; unfinished publishes are not versions yet). The repository API's load
-request makes the same registry call.
+A change is a new fingerprint of config.pbtxt or of a file beside it (its labels file), or a new list
+of published versions (folders with their deployment.json; unfinished publishes are not versions
+yet). The repository API's load request makes the same registry call.
 
 A store can glitch (one empty or short listing), so a model or version that leaves the listing is
 only unloaded once the next poll confirms it. A refused version is tried again once its folder
@@ -25,7 +25,7 @@ from tritonflow.serving.registry import Registry
 
 log = logging.getLogger("tritonflow.serving")
 
-# model -> (config.pbtxt fingerprint, published versions)
+# model -> (fingerprints of config.pbtxt and the files beside it, published versions)
 State = dict[str, tuple[str | None, tuple[int, ...]]]
 # model -> {refused version: its folder's token when refused, None: retry at every poll}
 Refused = dict[str, dict[int, Token | None]]
@@ -42,7 +42,10 @@ def scan(repository: ModelRepository, seen: State, refused: Refused) -> tuple[St
             for v in layout.version_numbers(entries)
             if v in known or repository.store.fingerprint(layout.record_key(name, v)) is not None
         )
-        found[name] = (repository.store.fingerprint(layout.config_key(name)), published)
+        # NOTE: the files beside config.pbtxt (its labels files) are part of it: a change to one is a change
+        beside = [e for e in entries if not e.startswith(".") and layout.parse_version(e) is None]
+        config = ",".join(f"{e}:{repository.store.fingerprint(f'{name}/{e}')}" for e in beside)
+        found[name] = (config, published)
     retry = {
         name: changed
         for name, versions in refused.items()

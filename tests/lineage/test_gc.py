@@ -287,3 +287,18 @@ def test_the_gc_command_fails_clearly(tmp_path):
     )
     bad = tritonflow("gc", tmp_path, "--min-age", "-1")
     assert bad.returncode == 2 and "not a number of seconds >= 0" in bad.stderr
+
+
+def test_temp_files_of_the_model_level_files_are_removed_and_others_kept(tmp_path: Path) -> None:
+    """A killed write of config.pbtxt or of the labels file beside it leaves `.<name>.<8 chars>`."""
+    repo = ModelRepository(tmp_path)
+    publish(repo, "m", "1")
+    folder = tmp_path / "m"
+    names = [f".{layout.CONFIG}.ab12cd34", f".{layout.LABEL_FILE}.x9y8z7w6", ".notes.txt.ab12cd34"]
+    for name in names:
+        (folder / name).write_text("half")
+    findings = gc.plan(repo, min_age=3600, now=time.time() + 7200)
+    assert {f.key for f in findings if f.remove} == {f"m/{n}" for n in names[:2]}
+    gc.apply(repo, findings)
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".n")) == [".notes.txt.ab12cd34"]
+    assert repo.read_record("m", 1).deployment_id.startswith("m:1@")

@@ -4,8 +4,9 @@ The server is Triton 24.10 from the nvidia-pytriton wheel: it has no native FIL 
 runs ours (`tritonflow triton-backends`: a Python-based `fil` backend on tritonflow's forest
 engine, here Treelite's GTIL) while our serving node runs nvForest where installed. Its backends
 folder has no onnxruntime backend either, so the ONNX check skips there.
-The repository holds the fraud flow's winner, a pre-25.09 (`output_class`) classifier and a
-regressor that gets a second version while Triton polls.
+The repository holds the fraud flow's winner, a pre-25.09 (`output_class`) classifier, a classifier
+on string labels (its labels file beside config.pbtxt) and a regressor that gets a second version
+while Triton polls.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import tritonclient.http as httpclient
 from google.protobuf import json_format
 from servers import Server, wait_for
 from sklearn.datasets import make_classification, make_regression
-from sklearn.ensemble import GradientBoostingClassifier, RandomForestRegressor
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier, RandomForestRegressor
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -37,7 +38,8 @@ from tritonflow.serving.model_config import ModelConfig, parse_config
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = 256  # rows compared per model
 ATOL = 1e-5  # float32 forests: Treelite/nvForest vs the native library differ by <= 1.2e-7
-MODELS = ("fraud-classifier", "legacy-gb", "price")
+MODELS = ("fraud-classifier", "legacy-gb", "labelled-rf", "price")
+CLASSES = ["fraud", "ok", "review"]  # labelled-rf's, in column order
 
 pytestmark = pytest.mark.slow
 
@@ -123,6 +125,17 @@ def legacy(repository: Path) -> Deployed:
     return Deployed("legacy-gb", 1, record.deployment_id, "101", X[:ROWS], model.predict_proba(X[:ROWS]))
 
 
+@pytest.fixture(scope="module")
+def labelled(repository: Path) -> Deployed:
+    """A classifier trained on string labels: config.pbtxt names labels.txt beside it."""
+    X, y = make_classification(600, 8, n_classes=3, n_informative=5, random_state=4)
+    X = X.astype(np.float32)
+    model = RandomForestClassifier(n_estimators=20, max_depth=6, random_state=4).fit(X, np.array(CLASSES)[y])
+    record = deploy_direct(repository, "labelled-rf", model, X, "401")
+    assert (repository / "labelled-rf" / "labels.txt").read_text().split() == CLASSES
+    return Deployed("labelled-rf", 1, record.deployment_id, "401", X[:ROWS], model.predict_proba(X[:ROWS]))
+
+
 def regressor(seed: int) -> tuple[RandomForestRegressor, np.ndarray]:
     X, y = make_regression(600, 10, noise=5.0, random_state=0)
     X = X.astype(np.float32)
@@ -137,8 +150,8 @@ def price(repository: Path) -> Deployed:
 
 
 @pytest.fixture(scope="module")
-def deployed(fraud: Deployed, legacy: Deployed, price: Deployed) -> dict[str, Deployed]:
-    return {d.name: d for d in (fraud, legacy, price)}
+def deployed(fraud: Deployed, legacy: Deployed, labelled: Deployed, price: Deployed) -> dict[str, Deployed]:
+    return {d.name: d for d in (fraud, legacy, labelled, price)}
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +243,23 @@ def test_triton_answers_as_the_native_model_and_our_node(
     np.testing.assert_array_equal(over_http, over_grpc)
     np.testing.assert_allclose(over_http, d.native, rtol=1e-5, atol=ATOL)
     np.testing.assert_allclose(over_http, from_node, rtol=1e-5, atol=ATOL)
+
+
+def test_triton_names_the_columns_from_the_labels_file(triton: Any, labelled: Deployed) -> None:
+    """Triton finds label_filename in the model folder: its classification extension names each
+    column by its line, and its config shows the file."""
+    assert triton.http.get_model_config(labelled.name)["output"][0]["label_filename"] == "labels.txt"
+    tensor = httpclient.InferInput("input__0", list(labelled.X.shape), "FP32")
+    tensor.set_data_from_numpy(labelled.X)
+    wanted = [httpclient.InferRequestedOutput("output__0", class_count=len(CLASSES))]
+    top = triton.http.infer(labelled.name, [tensor], outputs=wanted).as_numpy("output__0")
+    assert top.shape == (ROWS, len(CLASSES))
+    for row, native in zip(top, labelled.native, strict=True):
+        entries = [entry.decode().split(":") for entry in row]  # "score:index:label", best first
+        assert [label for _, _, label in entries] == [CLASSES[int(index)] for _, index, _ in entries]
+        np.testing.assert_allclose(
+            [float(s) for s, _, _ in entries], native[[int(i) for _, i, _ in entries]], atol=ATOL
+        )
 
 
 def test_concurrent_requests_are_batched_and_split_back(triton: Any, fraud: Deployed) -> None:
