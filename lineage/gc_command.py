@@ -6,6 +6,7 @@ import argparse
 import json
 
 from tritonflow.lineage import gc
+from tritonflow.lineage.arguments import seconds
 from tritonflow.lineage.repository import ModelRepository
 
 
@@ -14,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     parser.add_argument(
         "--min-age",
-        type=_seconds,
+        type=seconds,
         default=gc.DEFAULT_MIN_AGE,
         metavar="SECONDS",
         help="leave alone anything younger: a deploy in progress (default 3600)",
@@ -24,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     repository = ModelRepository(args.repository)
+    repository.check_layout("tritonflow gc {}")  # NOTE: a model folder has no leftovers to find
     findings = gc.plan(repository, args.min_age)
     if not args.dry_run:
         findings = gc.apply(repository, findings)
@@ -61,13 +63,3 @@ def main(args: argparse.Namespace) -> int:
         + ("; nothing was removed (--dry-run)" if args.dry_run else "")
     )
     return 0
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:  # NOTE: also refuses 'nan'
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
-    return value

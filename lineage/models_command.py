@@ -15,6 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     repository = ModelRepository(args.repository)
+    repository.check_layout("tritonflow models {}")
     rows = [
         {
             "model": e.model,

@@ -1,5 +1,9 @@
 """`tritonflow serve REPOSITORY`: the serving node on uvicorn (uvloop, httptools, no access log).
 
+Everything that can be checked without loading a model is checked first, each a one-line error with
+exit status 2: the flags, the repository (reachable, and a repository rather than a model folder),
+TLS, limits, and the port (serving/listeners.py binds it before the models load).
+
 Connections are guarded by serving/connections.py (timeouts, a cap that fits the open-file limit)
 and request bodies by serving/limits.py (the in-flight budget); --tls-cert/--tls-key serve HTTPS.
 SIGINT/SIGTERM stop it cleanly: uvicorn stops accepting, lets in-flight requests finish (those
@@ -12,15 +16,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
+import os
 import signal
+import socket
 import ssl
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from tritonflow.lineage.arguments import count, port, positive
 from tritonflow.lineage.errors import RepositoryError, TritonflowError
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.lineage.store.local import LocalStore
@@ -43,6 +50,7 @@ from tritonflow.serving.connections import (
     raise_open_file_limit,
 )
 from tritonflow.serving.limits import DEFAULT_MAX_INFLIGHT_BYTES
+from tritonflow.serving.listeners import listen, url
 from tritonflow.serving.mirror import Mirror
 from tritonflow.serving.probe import ProbeLimits
 
@@ -52,7 +60,9 @@ log = logging.getLogger("tritonflow.serving")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("repository", help="the model repository: a local folder or s3://bucket/prefix")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=port, default=8000, help="HTTP port; 0: any free one, logged (default: %(default)s)"
+    )
     parser.add_argument(
         "--model-control-mode",
         choices=MODEL_CONTROL_MODES,
@@ -69,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--poll-interval",
-        type=_positive,
+        type=positive,
         default=DEFAULT_POLL_INTERVAL,
         metavar="SECONDS",
         help="how often mode poll looks for new versions and config changes; never: --model-control-mode "
@@ -93,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--probe-memory",
-        type=_positive,
+        type=positive,
         default=ProbeLimits().memory_bytes / 2**20,
         metavar="MIB",
         help="a new version is first loaded and run in a child process, killed past this resident "
@@ -101,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--probe-timeout",
-        type=_positive,
+        type=positive,
         default=ProbeLimits().timeout_s,
         metavar="SECONDS",
         help="the child's time to load the version and answer once (default: %(default)g)",
@@ -120,7 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-request-bytes",
-        type=int,
+        type=count,
         default=DEFAULT_MAX_REQUEST_BYTES,
         metavar="N",
         help="larger request bodies are refused with 413 (default: %(default)s)",
@@ -139,7 +149,7 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connections, limits and TLS")
     group.add_argument(
         "--max-inflight-bytes",
-        type=_count,
+        type=count,
         default=DEFAULT_MAX_INFLIGHT_BYTES,
         metavar="N",
         help="bytes of request bodies held at once, all connections together; a request past it gets 503 "
@@ -148,21 +158,21 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-connections",
-        type=_count,
+        type=count,
         metavar="N",
         help="connections open at once; one more is answered 503 and closed (default: 4096, or fewer "
         "to fit the open-file limit, whose soft value is raised to the hard one at start-up)",
     )
     group.add_argument(
         "--header-timeout",
-        type=_positive,
+        type=positive,
         default=DEFAULT_HEADER_TIMEOUT,
         metavar="SECONDS",
         help="a request's headers must be in this long after its first byte, else 408 (default: %(default)s)",
     )
     group.add_argument(
         "--body-timeout",
-        type=_positive,
+        type=positive,
         default=DEFAULT_BODY_TIMEOUT,
         metavar="SECONDS",
         help="a request's whole body must be in this long after its headers, else 408; a client that "
@@ -170,7 +180,7 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--keep-alive-timeout",
-        type=_positive,
+        type=positive,
         default=DEFAULT_KEEP_ALIVE_TIMEOUT,
         metavar="SECONDS",
         help="a connection with no request begun this long after it opened or after its last response "
@@ -178,7 +188,7 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--shutdown-timeout",
-        type=_positive,
+        type=positive,
         default=DEFAULT_SHUTDOWN_TIMEOUT,
         metavar="SECONDS",
         help="on SIGTERM/SIGINT, requests in progress get this long to finish before their connections "
@@ -189,30 +199,24 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tls-ca", type=Path, metavar="PEM", help="require client certificates of these CAs")
 
 
-def _check_reachable(uri: str, cache_dir: Path) -> None:
-    """A mistyped path or bucket is a one-line error here, not a failed uvicorn start-up (the root
-    listing is what fails; the app's first scan reads the rest). A remote repository that cannot be
-    read is let through when the node has a copy of what it last served (the app says so)."""
+def _check_repository(uri: str, cache_dir: Path) -> None:
+    """A mistyped path or bucket, or a model folder given for the repository, is a one-line error
+    here, not a failed uvicorn start-up or a node that serves nothing; a folder with no models yet
+    is served (a deploy may publish one), with a warning. A remote repository that cannot be read is
+    let through when the node has a copy of what it last served (the app says so)."""
     repository = ModelRepository(uri)
     try:
-        repository.store.list("")
+        has_model = repository.check_layout("tritonflow serve {}")
     except RepositoryError:
         if isinstance(repository.store, LocalStore) or Mirror(cache_dir, repository.uri).repository() is None:
             raise
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
-    return value
+        return
+    if not has_model:
+        log.warning(
+            "%s has no models yet (a model is a folder with config.pbtxt): serving none until a deploy "
+            "publishes one",
+            uri,
+        )
 
 
 def _tls(cert: Path | None, key: Path | None, ca: Path | None) -> dict[str, Any]:
@@ -239,6 +243,11 @@ class Node(uvicorn.Server):
     """uvicorn's server, minus the signal it re-raises after a graceful shutdown (exit status 143
     on SIGTERM): a node that has drained as the signal asked exits with status 0."""
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        for sock in sockets or []:  # NOTE: uvicorn logs its address only for sockets it bound itself
+            log.info("listening on %s", url(sock, self.config.is_ssl))
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         handled = (signal.SIGINT, signal.SIGTERM)
@@ -248,6 +257,22 @@ class Node(uvicorn.Server):
         finally:
             for sig, handler in originals.items():
                 signal.signal(sig, handler)
+
+
+class _LogHandler(logging.StreamHandler):
+    """Log lines to stderr until its reader is gone (`tritonflow serve R 2>&1 | head`), then to
+    /dev/null: the node keeps serving. Left on the dead pipe, the lines it could not write would fail
+    every later flush of stderr, the one before each probe child starts included (each new version
+    refused with BrokenPipeError)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        else:
+            super().handleError(record)
 
 
 def _boolean(text: str) -> bool:
@@ -264,8 +289,10 @@ def _restriction(text: str) -> Restriction:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _check_reachable(args.repository, args.cache_dir or default_cache_dir())
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[_LogHandler()]
+    )
+    _check_repository(args.repository, args.cache_dir or default_cache_dir())
     if args.load_model and args.model_control_mode != "explicit":
         raise AccessError(
             "--load-model needs --model-control-mode explicit (the other modes load every model)"
@@ -306,6 +333,7 @@ def main(args: argparse.Namespace) -> int:
         log_config=None,  # our logging setup above: one format for uvicorn's lines and ours
         server_header=False,
     )
+    sockets = listen(args.host, args.port, config.backlog)  # NOTE: last check, so no error leaves it bound
     server = Node(config)
-    server.run()
+    server.run(sockets=sockets)
     return 0 if server.started else 1

@@ -1,10 +1,18 @@
 """The `tritonflow` command: a dispatcher. Each subcommand lives with the layer it drives and is
-imported only when used, so `tritonflow models` does not pay for the serving stack."""
+imported only when used, so `tritonflow models` does not pay for the serving stack.
+
+Every command behaves in a pipe: once the reader is gone (`tritonflow models R | head -1`) it stops
+without a word and exits 141, as a Unix tool killed by SIGPIPE does. SIGPIPE itself stays ignored
+(Python's default), so a serving node whose log pipe closes keeps serving.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
+import signal
 import sys
 
 from tritonflow import __version__
@@ -27,6 +35,7 @@ COMMANDS = {
     "check-config": ("tritonflow.serving.check_command", "validate config.pbtxt files (Triton schema + FIL)"),
     "triton-backends": ("tritonflow.serving.triton_backends_command", "a backend dir for Triton without FIL"),
 }
+PIPE_CLOSED = 128 + signal.SIGPIPE  # 141: the exit status of a process killed by SIGPIPE
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -40,14 +49,38 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only == name:  # NOTE: import only the chosen command's layer
             module = importlib.import_module(module_name)
             module.add_arguments(command)
-            command.set_defaults(handler=module.main)
+            command.set_defaults(handler=module.main, command_parser=command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        try:
+            return _run(sys.argv[1:] if argv is None else argv)
+        finally:
+            # NOTE: output still buffered meets a closed pipe here, where it is caught, not at exit
+            sys.stdout.flush()
+            sys.stderr.flush()
+    except BrokenPipeError:
+        # NOTE: the reader has what it wanted; later writes (and the flush at exit) go nowhere
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            os.dup2(devnull, stream.fileno())
+        return PIPE_CLOSED
+
+
+def _run(argv: list[str]) -> int:
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(chosen if chosen in COMMANDS else None).parse_args(argv)
+    parser = build_parser(chosen if chosen in COMMANDS else None)
+    if (
+        chosen is not None
+        and chosen not in COMMANDS
+        and (close := difflib.get_close_matches(chosen, COMMANDS))
+    ):
+        parser.error(f"unknown command {chosen!r}: did you mean {close[0]!r}? (tritonflow --help lists them)")
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        args.command_parser.error(_unrecognized(extra, args.command_parser))
     try:
         return int(args.handler(args) or 0)
     except TritonflowError as exc:
@@ -55,3 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _unrecognized(extra: list[str], parser: argparse.ArgumentParser) -> str:
+    """argparse's own error for unknown arguments, plus the option each mistyped one is closest to."""
+    options = [option for action in parser._actions for option in action.option_strings]
+    words = [word.partition("=")[0] for word in extra if word.startswith("--")]
+    hints = [
+        f"{word}: did you mean {close[0]}?"
+        for word in words
+        if (close := difflib.get_close_matches(word, options, n=1))
+    ]
+    return f"unrecognized arguments: {' '.join(extra)}" + (f" ({'; '.join(hints)})" if hints else "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,15 @@ def main(args: argparse.Namespace) -> int:
     if len(given) != 1:
         raise TritonflowError("give exactly one of: a deployment ID, --response FILE, or --run FLOW/RUN_ID")
     repository = ModelRepository(default_repository(args.repository))
-    if args.run:
-        records = _run_records(repository, args.run)
-    else:
-        deployment_id = args.deployment_id or id_from_response(args.response)
-        records = [repository.resolve(deployment_id)]
+    try:
+        if args.run:
+            records = _run_records(repository, args.run)
+        else:
+            deployment_id = args.deployment_id or id_from_response(args.response)
+            records = [repository.resolve(deployment_id)]
+    except NotFound:
+        repository.check_layout(_asked(args))  # NOTE: a model folder given as the repository says so
+        raise
     docs = [describe(repository, record, live=not args.no_metaflow) for record in records]
     if args.json:
         print(json.dumps(docs if args.run else docs[0], indent=2, sort_keys=True, default=str))
@@ -91,6 +96,17 @@ def id_from_response(path: Path) -> str:
     )
 
 
+def _asked(args: argparse.Namespace) -> str:
+    """This lookup as a command on another repository ('{}'), for a suggestion."""
+    if args.run:
+        asked = ["--run", args.run]
+    elif args.response:
+        asked = ["--response", str(args.response)]
+    else:
+        asked = [args.deployment_id]
+    return shlex.join(["tritonflow", "lineage", *asked]) + " --repository {}"
+
+
 def _run_records(repository: ModelRepository, run: str) -> list[DeploymentRecord]:
     flow, _, run_id = run.partition("/")
     if not flow or not run_id or "/" in run_id:
@@ -99,5 +115,9 @@ def _run_records(repository: ModelRepository, run: str) -> list[DeploymentRecord
         )
     records = repository.deployments_of_run(flow, run_id)
     if not records:
-        raise NotFound(f"no deployment in {repository.uri} came from run {flow}/{run_id}")
+        runs = repository.closest_runs(run)
+        raise NotFound(
+            f"no deployment in {repository.uri} came from run {run}"
+            + (f"; its runs, closest first: {', '.join(runs)}" if runs else ": it has no deployments")
+        )
     return records

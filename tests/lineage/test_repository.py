@@ -14,7 +14,7 @@ from tritonflow.lineage import layout
 from tritonflow.lineage.errors import NotFound, RepositoryError, TritonflowError
 from tritonflow.lineage.ids import InvalidDeploymentId
 from tritonflow.lineage.records import sha256_hex
-from tritonflow.lineage.repository import ModelRepository
+from tritonflow.lineage.repository import ModelRepository, NotARepository
 
 CONFIG = 'name: "m"\nbackend: "fil"\n'
 
@@ -157,6 +157,74 @@ def test_deployments_of_run(repo, make_record):
     repo.store.write(layout.record_key("a", other.version), b"{not json")
     assert repo.deployments_of_run("TrainFlow", "11") == [first, second]
     assert repo.deployments_of_run("OtherFlow", "11") == []
+
+
+# -- a folder that is not the repository, and typos: what the repository has instead ---------------------
+def test_a_model_or_version_folder_given_as_the_repository_names_the_repository(repo, make_record):
+    command = "tritonflow lineage m:1 --repository {}"  # NOTE: the last '{}' is the folder
+    assert repo.check_layout(command) is False  # a new repository, before its first deploy
+    publish(repo, make_record)
+    assert repo.check_layout(command) is True
+    with pytest.raises(NotARepository) as model:
+        ModelRepository(f"{repo.given}/m").check_layout(command)
+    assert str(model.value) == (
+        f"{repo.given}/m is a model folder (it has config.pbtxt): use its parent, "
+        f"`tritonflow lineage m:1 --repository {repo.given}`"
+    )
+    with pytest.raises(NotARepository) as version:
+        ModelRepository(f"{repo.given}/m/1/").check_layout(command)
+    assert str(version.value) == (
+        f"{repo.given}/m/1/ is a version folder (it has deployment.json): use the repository two levels up, "
+        f"`tritonflow lineage m:1 --repository {repo.given}`"
+    )
+
+
+def test_a_folder_above_a_local_repository_names_it(tmp_path, make_record):
+    repo = ModelRepository(tmp_path / "my models")
+    publish(repo, make_record)
+    (tmp_path / "notes.txt").write_text("a file is no repository")
+    with pytest.raises(NotARepository) as above:
+        ModelRepository(tmp_path).check_layout("tritonflow serve {}")
+    assert str(above.value) == (
+        f"{tmp_path} has no models, but {tmp_path}/my models below has: "
+        f"`tritonflow serve '{tmp_path}/my models'`"
+    )
+
+
+def test_a_mistyped_model_is_answered_with_the_closest_name(repo, make_record):
+    publish(repo, make_record, "fraud-classifier")
+    publish(repo, make_record, "price")
+    with pytest.raises(NotFound) as typo:
+        repo.resolve("fraud-clasifier:1@TrainFlow/1700000000000001")
+    assert str(typo.value) == (
+        f"no deployment fraud-clasifier:1 in {repo.uri}: it has no model 'fraud-clasifier'; "
+        "did you mean 'fraud-classifier'? (its models: fraud-classifier, price)"
+    )
+    with pytest.raises(NotFound) as unlike:
+        repo.read_record("zzz", 1)
+    assert str(unlike.value).endswith("it has no model 'zzz' (its models: fraud-classifier, price)")
+
+
+def test_a_mistyped_run_is_answered_with_the_runs_closest_first(repo, make_record):
+    runs = ["1795314379884117", "1795314379884999", "1700000000000001", "1600000000000000"]
+    for run_id in runs:
+        publish(repo, make_record, run_id=run_id)
+    repo.store.write(layout.record_key("m", 4), b"{not json")  # NOTE: a damaged record is left out
+    with pytest.raises(NotFound) as typo:
+        repo.resolve("m:1@TrainFlow/1795314379884118")
+    assert str(typo.value) == (
+        f"no deployment m:1@TrainFlow/1795314379884118 in {repo.uri}: no version of 'm' there came from "
+        "run TrainFlow/1795314379884118 (m:1 is m:1@TrainFlow/1795314379884117); the runs that deployed "
+        "it, closest first: TrainFlow/1795314379884117 (m:1), TrainFlow/1795314379884999 (m:2), "
+        "TrainFlow/1700000000000001 (m:3). Check the run ID, or the ID comes from another repository"
+    )
+    with pytest.raises(NotFound) as version:
+        repo.resolve("m:1@TrainFlow/1795314379884999")
+    assert str(version.value).endswith(
+        "run TrainFlow/1795314379884999 made m:2@TrainFlow/1795314379884999 there, "
+        "and m:1 is m:1@TrainFlow/1795314379884117: check the version"
+    )
+    assert repo.closest_runs("TrainFlow/1700000000000002")[0] == "TrainFlow/1700000000000001 (m:3)"
 
 
 # -- concurrency: separate processes racing for versions of the same model ---------------------------
