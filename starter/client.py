@@ -31,11 +31,18 @@ def predict(url: str, model: str, rows: np.ndarray) -> tuple[np.ndarray, str]:
     return result.as_numpy("output__0"), stamp or f"{response['model_name']}:{response['model_version']}"
 
 
+def _rows(text: str) -> int:
+    """1-200: the client scores rows of a 200-row synthetic sample."""
+    if not text.isdigit() or not 1 <= int(text) <= 200:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number in 1-200")
+    return int(text)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", default="127.0.0.1:8000")
     parser.add_argument("--model", default="fraud-classifier")
-    parser.add_argument("--rows", type=int, default=5)
+    parser.add_argument("--rows", type=_rows, default=5, help="transactions to score (1-200)")
     parser.add_argument("--repository", help="for the lineage lookup (default $TRITONFLOW_REPOSITORY)")
     args = parser.parse_args()
 
