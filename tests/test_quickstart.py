@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -27,11 +28,15 @@ def git_init(folder):
 
 @pytest.mark.slow
 def test_quickstart_runs_the_whole_loop_and_stops_what_it_started(tmp_path):
-    # As a new user meets it: root with no Metaflow user name, in a clone of some git repository.
+    # As a new user meets it: root with no Metaflow user name, in a clone of tritonflow's repository
+    # (whose tritonflow/ folder is not the installed package), through the installed command.
     clone, home = git_init(tmp_path / "clone"), tmp_path / "home"
+    (clone / "tritonflow").mkdir()
+    (clone / "tritonflow" / "__init__.py").write_text("raise ImportError('the checkout, not the package')\n")
     users = ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER")
     env = {**{k: v for k, v in os.environ.items() if k not in users}, "USER": "root", "HOME": str(home)}
-    result = tritonflow("quickstart", cwd=clone, env=env)
+    command = [Path(sys.executable).with_name("tritonflow"), "quickstart"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=clone, timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     for step in range(1, 6):
@@ -55,7 +60,8 @@ def test_quickstart_runs_the_whole_loop_and_stops_what_it_started(tmp_path):
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass  # the node is stopped
 
-    again = tritonflow("quickstart", cwd=clone, env=env)  # a second run gets a new folder
+    again = subprocess.run(command, capture_output=True, text=True, cwd=clone, timeout=300, env=env)
+    # a second run gets a new folder
     assert again.returncode == 0 and (home / "tritonflow-quickstart-2").is_dir()
 
 

@@ -170,7 +170,9 @@ def _serving(repository: Path, port: int, directory: Path, env: dict[str, str]) 
     log = directory / "serve.log"
     command = [sys.executable, "-m", "tritonflow", "serve", str(repository), "--port", str(port)]
     with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # NOTE: in DIR: `-m` imports from the working folder first, and a tritonflow clone's own
+        # tritonflow/ folder there is not the installed package.
+        process = subprocess.Popen(command, cwd=directory, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_ready(port, process, log)
         print(f"      ready: {MODEL} loaded (log: {log})", flush=True)
