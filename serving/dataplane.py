@@ -36,10 +36,11 @@ from tritonflow.serving.errors import (
     WrongDatatype,
     WrongShape,
 )
-from tritonflow.serving.metrics import VersionStats, create_registry, exposition
+from tritonflow.serving.metrics import Metrics, VersionStats
 from tritonflow.serving.model_config import to_json
 from tritonflow.serving.model_version import ModelVersion, Tensor
 from tritonflow.serving.registry import Registry
+from tritonflow.serving.served_config import as_served
 from tritonflow.serving.throttle import Throttle
 
 EXTENSIONS = [
@@ -70,7 +71,7 @@ class DataPlane:
         self.model_control = model_control
         self.strict_readiness = strict_readiness
         self.ready = False  # set once the repository is loaded, cleared on shutdown
-        self._metrics = create_registry(self._stats, self._refusals)
+        self._metrics = Metrics(self._stats, self._refusals)
         self._lineage_slots = Throttle("lineage", concurrency=1, queue=8)
         self._lineage_cache: dict[tuple[str, int], tuple[float, DeploymentRecord, LiveRun]] = {}
 
@@ -79,16 +80,23 @@ class DataPlane:
         started = perf_counter_ns()
         target = self.registry.resolve(model, version)
         target.acquire()  # NOTE: no await between resolve and acquire: a swap cannot unload it
+        stats = target.stats
         try:
             rows = _check_inputs(target, request.inputs)
             wanted = _check_outputs(target, request.outputs)
             submitted = perf_counter_ns()
-            outputs, execution = await target.batcher.submit(request.inputs, rows)
-            target.stats.record_success(started, submitted, execution)
-        except Exception as exc:
-            target.stats.record_failure(started)
-            if isinstance(exc, ServingError):
-                exc.stamp = target.stamp
+            stats.pending += 1
+            try:
+                outputs, execution = await target.batcher.submit(request.inputs, rows)
+            except BaseException as exc:  # NOTE: a cancelled request (client gone) counts, as CANCELED
+                stats.record_failure(started, exc)
+                raise
+            finally:
+                stats.pending -= 1
+            stats.record_success(started, submitted, execution)
+        except ServingError as exc:
+            # NOTE: rejected before the model (unknown input, shape...): stamped, not a failure, as Triton
+            exc.stamp = target.stamp
             raise
         finally:
             target.release()
@@ -134,7 +142,8 @@ class DataPlane:
         }
 
     def model_config(self, model: str, version: str | None) -> dict[str, Any]:
-        return to_json(self.registry.resolve(model, version).config)
+        # NOTE: `model`, the folder's name, is the name Triton gives a config that has none.
+        return to_json(as_served(self.registry.resolve(model, version).config, model))
 
     def model_stats(self, model: str | None, version: str | None) -> dict[str, Any]:
         """Triton's statistics: one version, every version of a model, or every model."""
@@ -148,7 +157,7 @@ class DataPlane:
         return {"model_stats": [t.stats.to_json(t.name, t.version) for t in targets]}
 
     def metrics(self) -> bytes:
-        return exposition(self._metrics)
+        return self._metrics.exposition()
 
     async def lineage(self, model: str, version: str) -> dict[str, Any]:
         """The version's lineage document: the same JSON as `tritonflow lineage <id> --json`.

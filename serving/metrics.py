@@ -1,12 +1,14 @@
 """The counters behind `/v2/models/{m}/stats` and `/metrics`, one set per loaded model version.
 
 Counting is plain integer arithmetic on the event loop: no locks or label lookups per request.
-Prometheus reads the same numbers at scrape time through one collector, so the two views always
-agree, and a version's series go away when it is unloaded, as in Triton.
+Prometheus reads the same numbers at scrape time, so the two views always agree, and a version's
+series go away when it is unloaded, as in Triton. Triton's metrics keep Triton's names, types and
+labels; only requests the model took count as failures, as Triton counts them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +21,21 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from tritonflow.serving.batcher import Execution
+from tritonflow.serving.errors import InferenceFailed, TooManyRequests
+
+# Triton's `reason` label values, in the order it prints them.
+FAILURE_REASONS = ("OTHER", "BACKEND", "CANCELED", "REJECTED")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Triton's reason for a failed request: the engine failed, the client left, or no room."""
+    if isinstance(exc, InferenceFailed):
+        return "BACKEND"
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELED"
+    if isinstance(exc, TooManyRequests):
+        return "REJECTED"
+    return "OTHER"
 
 
 @dataclass(slots=True)
@@ -54,6 +71,8 @@ class VersionStats:
     inference_count: int = 0  # rows inferred
     execution_count: int = 0  # engine calls
     last_inference_ms: int = 0
+    pending: int = 0  # requests queued or executing now
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
     batches: dict[int, BatchStats] = field(default_factory=dict)  # by rows per engine call
 
     def record_execution(self, ex: Execution) -> None:
@@ -73,8 +92,10 @@ class VersionStats:
         self.compute_infer.add(ex.infer_ns - ex.input_ns)
         self.compute_output.add(ex.ended_ns - ex.infer_ns)
 
-    def record_failure(self, started_ns: int) -> None:
+    def record_failure(self, started_ns: int, exc: BaseException) -> None:
+        """A request the model took and did not answer, by Triton's reason for it."""
         self.fail.add(perf_counter_ns() - started_ns)
+        self.failures[failure_reason(exc)] += 1
 
     def to_json(self, name: str, version: int) -> dict[str, Any]:
         """One entry of Triton's `model_stats` list."""
@@ -108,38 +129,75 @@ class VersionStats:
         }
 
 
-# Every metric, declared once: Triton's name, its help, how to read it off a VersionStats.
-# NOTE: exposed as untyped so the sample names are exactly Triton's: prometheus_client's counter
-# type would append `_total`, breaking dashboards and alerts written against Triton.
-COUNTERS: tuple[tuple[str, str, Callable[[VersionStats], int]], ...] = (
-    ("nv_inference_request_success", "Number of successful inference requests", lambda s: s.success.count),
-    ("nv_inference_request_failure", "Number of failed inference requests", lambda s: s.fail.count),
-    ("nv_inference_count", "Number of inferences performed (rows)", lambda s: s.inference_count),
-    ("nv_inference_exec_count", "Number of model executions (engine calls)", lambda s: s.execution_count),
+# Every Triton metric, declared once: its name, type and help as Triton 24.10 prints them, and how
+# to read its samples, (extra labels, value), off a VersionStats.
+Samples = Callable[[VersionStats], Iterable[tuple[dict[str, str], int]]]
+
+
+def _one(read: Callable[[VersionStats], int]) -> Samples:
+    return lambda s: [({}, read(s))]
+
+
+TRITON: tuple[tuple[str, str, str, Samples], ...] = (
+    (
+        "nv_inference_request_success",
+        "counter",
+        "Number of successful inference requests, all batch sizes",
+        _one(lambda s: s.success.count),
+    ),
+    (
+        "nv_inference_request_failure",
+        "counter",
+        "Number of failed inference requests, all batch sizes",
+        lambda s: [({"reason": reason}, s.failures[reason]) for reason in FAILURE_REASONS],
+    ),
+    (
+        "nv_inference_count",
+        "counter",
+        "Number of inferences performed (does not include cached requests)",
+        _one(lambda s: s.inference_count),
+    ),
+    (
+        "nv_inference_exec_count",
+        "counter",
+        "Number of model executions performed (does not include cached requests)",
+        _one(lambda s: s.execution_count),
+    ),
     (
         "nv_inference_request_duration_us",
-        "Cumulative inference request duration in microseconds",
-        lambda s: (s.success.ns + s.fail.ns) // 1000,
+        "counter",
+        "Cumulative inference request duration in microseconds (includes cached requests)",
+        _one(lambda s: (s.success.ns + s.fail.ns) // 1000),
     ),
     (
         "nv_inference_queue_duration_us",
-        "Cumulative inference queuing duration in microseconds",
-        lambda s: s.queue.ns // 1000,
+        "counter",
+        "Cumulative inference queuing duration in microseconds (includes cached requests)",
+        _one(lambda s: s.queue.ns // 1000),
     ),
     (
         "nv_inference_compute_input_duration_us",
-        "Cumulative compute input duration in microseconds",
-        lambda s: s.compute_input.ns // 1000,
+        "counter",
+        "Cumulative compute input duration in microseconds (does not include cached requests)",
+        _one(lambda s: s.compute_input.ns // 1000),
     ),
     (
         "nv_inference_compute_infer_duration_us",
-        "Cumulative compute inference duration in microseconds",
-        lambda s: s.compute_infer.ns // 1000,
+        "counter",
+        "Cumulative compute inference duration in microseconds (does not include cached requests)",
+        _one(lambda s: s.compute_infer.ns // 1000),
     ),
     (
         "nv_inference_compute_output_duration_us",
-        "Cumulative compute output duration in microseconds",
-        lambda s: s.compute_output.ns // 1000,
+        "counter",
+        "Cumulative inference compute output duration in microseconds (does not include cached requests)",
+        _one(lambda s: s.compute_output.ns // 1000),
+    ),
+    (
+        "nv_inference_pending_request_count",
+        "gauge",
+        "Instantaneous number of pending requests awaiting execution per-model.",
+        _one(lambda s: s.pending),
     ),
 )
 BATCH_SIZE = ("tritonflow_inference_batch_size", "Rows per engine call (dynamic batching merges requests)")
@@ -155,27 +213,52 @@ RefusalSource = Callable[[], Iterable[tuple[str, str, int]]]  # (model, reason, 
 
 
 class StatsCollector(Collector):
-    """Turns the stats of every loaded version into Prometheus samples at scrape time."""
+    """Turns tritonflow's own metrics of every loaded version into Prometheus samples at scrape time."""
 
     def __init__(self, source: Source, refusals: RefusalSource) -> None:
         self._source = source
         self._refusals = refusals
 
     def collect(self) -> Iterator[Metric]:
-        versions = [(name, str(version), stats) for name, version, stats in self._source()]
-        for metric, doc, read in COUNTERS:
-            family = Metric(metric, doc, "unknown")
-            for name, version, stats in versions:
-                family.add_sample(metric, {"model": name, "version": version}, read(stats))
-            yield family
         histogram = HistogramMetricFamily(*BATCH_SIZE, labels=["model", "version"])
-        for name, version, stats in versions:
-            histogram.add_metric([name, version], _buckets(stats), stats.inference_count)
+        for name, version, stats in self._source():
+            histogram.add_metric([name, str(version)], _buckets(stats), stats.inference_count)
         yield histogram
         refused = CounterMetricFamily(*REFUSALS, labels=["model", "reason"])
         for name, reason, count in self._refusals():
             refused.add_metric([name, reason], count)
         yield refused
+
+
+class Metrics:
+    """`/metrics`: Triton's metrics as Triton prints them, then tritonflow's own."""
+
+    def __init__(self, source: Source, refusals: RefusalSource) -> None:
+        self._source = source
+        self._registry = CollectorRegistry()
+        self._registry.register(StatsCollector(source, refusals))
+
+    def exposition(self) -> bytes:
+        # NOTE: written here, not by prometheus_client: it appends `_total` to every counter's name,
+        # which would break the dashboards and alerts written against Triton's names.
+        versions = [
+            ({"model": name, "version": str(version)}, stats) for name, version, stats in self._source()
+        ]
+        lines = []
+        for metric, kind, doc, read in TRITON:
+            lines += [f"# HELP {metric} {doc}", f"# TYPE {metric} {kind}"]
+            for labels, stats in versions:
+                lines += [f"{metric}{_labels(labels | extra)} {value}" for extra, value in read(stats)]
+        return "\n".join(lines).encode() + b"\n" + generate_latest(self._registry)
+
+
+# Prometheus' escapes in label values.
+_ESCAPES = str.maketrans({"\\": r"\\", '"': r"\"", "\n": r"\n"})
+
+
+def _labels(labels: dict[str, str]) -> str:
+    """A sample's label set, names sorted as Triton prints them."""
+    return "{" + ",".join(f'{k}="{v.translate(_ESCAPES)}"' for k, v in sorted(labels.items())) + "}"
 
 
 def _buckets(stats: VersionStats) -> list[tuple[str, float]]:
@@ -184,13 +267,3 @@ def _buckets(stats: VersionStats) -> list[tuple[str, float]]:
         (floatToGoString(le), sum(n for rows, n in counts.items() if rows <= le)) for le in BATCH_BUCKETS
     ]
     return [*cumulative, ("+Inf", sum(counts.values()))]
-
-
-def create_registry(source: Source, refusals: RefusalSource) -> CollectorRegistry:
-    registry = CollectorRegistry()
-    registry.register(StatsCollector(source, refusals))
-    return registry
-
-
-def exposition(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)

@@ -116,8 +116,12 @@ def render(config: ModelConfig) -> str:
 
 
 def to_json(config: ModelConfig) -> dict[str, Any]:
-    """The config as Triton's HTTP API shows it (int64 as numbers, proto field names)."""
-    return _ints(config, json_format.MessageToDict(config, preserving_proto_field_name=True))
+    """The config as Triton's HTTP API shows it: every field without presence, at its default too
+    (Triton prints primitive fields always), int64 as numbers, proto field names."""
+    data = json_format.MessageToDict(
+        config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return _ints(config, data)
 
 
 def _ints(message: Any, data: dict[str, Any]) -> dict[str, Any]:

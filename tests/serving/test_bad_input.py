@@ -302,9 +302,10 @@ def test_tritonclient_sees_the_error_message(server, record):
     assert_serving(server)
 
 
-def test_failures_are_counted_and_nothing_failed_inside(server):
-    failures = server.metric("nv_inference_request_failure", MODEL, 1)
-    server.request("POST", INFER, body(tensor(datatype="FP64")))
-    assert server.metric("nv_inference_request_failure", MODEL, 1) == failures + 1
+def test_rejected_requests_are_no_failures_and_nothing_failed_inside(server):
+    # NOTE: as Triton: a request rejected before the model runs is no nv_inference_request_failure
+    failures = server.sample("nv_inference_request_failure", model=MODEL, reason="OTHER", version="1")
+    assert server.request("POST", INFER, body(tensor(datatype="FP64")))[0] == 400
+    assert server.sample("nv_inference_request_failure", model=MODEL, reason="OTHER", version="1") == failures
     assert "Traceback" not in server.log_text()
     assert_serving(server)

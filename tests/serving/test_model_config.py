@@ -12,12 +12,14 @@ from tritonflow.serving.model_config import (
     build_config,
     check_config,
     fil_options,
+    parse_config,
     problems,
     render,
     signature,
     to_json,
 )
 from tritonflow.serving.releases import classifier_key
+from tritonflow.serving.served_config import as_served
 
 
 def fil_spec(**changes):
@@ -108,6 +110,49 @@ def test_to_json_matches_triton_shapes():
     assert data["input"][0]["dims"] == [30] and data["max_batch_size"] == 8192
     assert data["dynamic_batching"]["max_queue_delay_microseconds"] == 100
     assert data["parameters"]["model_type"]["string_value"] == "treelite_checkpoint"
+
+
+def test_served_config_prints_every_default_as_triton_does():
+    config = build_config(fil_spec())
+    data = to_json(as_served(config, "fraud"))
+    assert data["platform"] == "" and data["runtime"] == "libtriton_fil.so"
+    assert data["input"][0]["format"] == "FORMAT_NONE" and data["input"][0]["optional"] is False
+    assert data["output"][0]["is_shape_tensor"] is False and data["batch_input"] == []
+    assert data["dynamic_batching"]["preferred_batch_size"] == [8192]  # Triton's: max_batch_size
+    assert data["dynamic_batching"]["priority_queue_policy"] == {}
+    assert data["optimization"]["input_pinned_memory"] == {"enable": True}
+    assert data["optimization"]["gather_kernel_buffer_threshold"] == 0
+    assert data["instance_group"] == [
+        {
+            "name": "fraud_0",
+            "kind": "KIND_CPU",
+            "count": 1,
+            "gpus": [],
+            "secondary_devices": [],
+            "profile": [],
+            "passive": False,
+            "host_policy": "",
+        }
+    ]
+    assert "sequence_batching" not in data and "response_cache" not in data  # unset: Triton omits them
+    assert not config.HasField("optimization")  # the served config is a copy
+
+
+def test_served_config_completes_a_trimmed_onnx_config_as_triton():
+    onnx = parse_config('platform: "onnxruntime_onnx"\nmax_batch_size: 4\n')
+    served = to_json(as_served(onnx, "iris"))
+    assert (served["name"], served["backend"], served["platform"]) == (
+        "iris",
+        "onnxruntime",
+        "onnxruntime_onnx",
+    )
+    assert served["version_policy"] == {"latest": {"num_versions": 1}}
+    assert [(g["name"], g["kind"], g["count"]) for g in served["instance_group"]] == [("iris", "KIND_CPU", 2)]
+    text = 'backend: "onnxruntime"\ninstance_group [{kind: KIND_AUTO}, {count: 3}]\nsequence_batching {}\n'
+    served = to_json(as_served(parse_config(text), "iris"))
+    assert served["platform"] == "onnxruntime_onnx" and served["runtime"] == "libtriton_onnxruntime.so"
+    assert [(g["name"], g["count"]) for g in served["instance_group"]] == [("iris_0", 2), ("iris_1", 3)]
+    assert served["sequence_batching"]["max_sequence_idle_microseconds"] == 1_000_000
 
 
 def test_signature_ignores_batching_settings():

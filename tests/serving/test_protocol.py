@@ -28,6 +28,7 @@ from tritonclient.utils import InferenceServerException
 
 from tritonflow.lineage.records import DeploymentRecord
 from tritonflow.serving.model_config import check_config, render, to_json
+from tritonflow.serving.served_config import as_served
 
 MODEL = "fraud-classifier"
 
@@ -115,7 +116,7 @@ def test_model_ready_and_config(server):
     assert server.client.is_model_ready(MODEL, "1")
     assert not server.client.is_model_ready(MODEL, "2")
     assert not server.client.is_model_ready("no-such-model")
-    expected = to_json(check_config(render(config_for(MODEL, forest()))))
+    expected = to_json(as_served(check_config(render(config_for(MODEL, forest()))), MODEL))
     assert server.client.get_model_config(MODEL) == expected
     assert server.json("GET", f"/v2/models/{MODEL}/versions/1/config") == expected
     assert expected["max_batch_size"] == 1024  # int64 fields as numbers, as Triton writes them
@@ -358,7 +359,6 @@ def test_metrics_per_model_and_version(server):
     assert status == 200 and headers["content-type"].startswith("text/plain")
     for name in (
         "nv_inference_request_success",
-        "nv_inference_request_failure",
         "nv_inference_count",
         "nv_inference_exec_count",
         "nv_inference_request_duration_us",
