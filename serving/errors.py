@@ -81,11 +81,14 @@ class MethodNotAllowed(ServingError):
 
 
 class ModelNotFound(ServingError):
+    """Triton's text for a model or version that is not there (its clients and examples match it)."""
+
     status = 404
 
     def __init__(self, name: str, version: int | None = None, reason: str | None = None) -> None:
         what = f"model {name!r}" if version is None else f"model {name!r} version {version}"
-        super().__init__(f"{what} is not available: {reason}" if reason else f"unknown {what}")
+        unknown = f"Request for unknown model: {name!r}" + ("" if version is None else f" version {version}")
+        super().__init__(f"{what} is not available: {reason}" if reason else f"{unknown} is not found")
 
 
 class InvalidVersion(ServingError):
@@ -155,7 +158,7 @@ class BadBatchSize(ServingError):
 
 class LoadFailed(ServingError):
     def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"failed to load model {name!r}: {reason}")
+        super().__init__(f"failed to load {name!r}: {reason}")  # NOTE: Triton's words, which clients match
 
 
 class ServerNotReady(ServingError):

@@ -148,7 +148,8 @@ class Registry:
             except NotFound:
                 self._drop(name)
                 if requested:
-                    raise ModelNotFound(name, None, f"it is not in {repository.uri}") from None
+                    # NOTE: no server path in an answer to a client: the log has the repository
+                    raise LoadFailed(name, "the repository has no such model (no config.pbtxt)") from None
                 return
             except BaseException:
                 if not model.published and not model.versions:  # never known: no entry left behind

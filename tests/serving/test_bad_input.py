@@ -116,12 +116,18 @@ CASES = [
         "classification extension is not supported",
     ),
     # model and version
-    case("unknown-model", body(tensor()), 404, "unknown model 'nope'", path="/v2/models/nope/infer"),
+    case(
+        "unknown-model",
+        body(tensor()),
+        404,
+        "Request for unknown model: 'nope' is not found",  # Triton's words, which its examples match
+        path="/v2/models/nope/infer",
+    ),
     case(
         "unknown-version",
         body(tensor()),
         404,
-        f"unknown model '{MODEL}' version 9",
+        f"Request for unknown model: '{MODEL}' version 9 is not found",
         path=f"{VERSIONS}/9/infer",
     ),
     case("bad-version", body(tensor()), 400, "expected a positive integer", path=f"{VERSIONS}/one/infer"),
@@ -236,7 +242,14 @@ CASES = [
     ),
     case("unload-in-poll-mode", b"", 400, "mode 'poll'", path="/v2/repository/models/nope/unload"),
     case("index-bad-body", b"{", 400, "not valid JSON", path="/v2/repository/index"),
-    case("metadata-unknown", b"", 404, "unknown model 'nope'", method="GET", path="/v2/models/nope"),
+    case(
+        "metadata-unknown",
+        b"",
+        404,
+        "Request for unknown model: 'nope' is not found",
+        method="GET",
+        path="/v2/models/nope",
+    ),
     case("stats-unknown-version", b"", 404, "version 3", method="GET", path=f"{VERSIONS}/3/stats"),
     case("lineage-bad-version", b"", 400, "positive integer", method="GET", path=f"{VERSIONS}/x/lineage"),
 ]
