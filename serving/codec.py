@@ -26,12 +26,30 @@ _TENSOR = "{name, shape, datatype, data}"
 MAX_DIMS = 64  # NOTE: numpy's limit: a longer shape cannot be an array at all
 
 
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A place in a registered shared memory region (system shared memory extension)."""
+
+    name: str
+    offset: int
+    byte_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    """What a request asks of one output, the same for every transport."""
+
+    binary: bool | None = None  # HTTP binary_data; None: the request's binary_data_output
+    class_count: int = 0  # classification extension: the top class_count "score:index[:label]" strings
+    region: Region | None = None  # written to this shared memory region instead of the response
+
+
 @dataclass(slots=True)
 class InferRequest:
     id: str | None
     inputs: dict[str, np.ndarray]  # by name, shaped and typed as the request says
-    outputs: dict[str, bool | None] | None  # requested output -> binary? (None: request default); None: all
-    binary_output: bool  # request parameter `binary_data_output`
+    outputs: dict[str, RequestedOutput] | None  # by name, in the order asked; None: every output, as is
+    binary_output: bool = False  # HTTP request parameter `binary_data_output`
 
 
 @dataclass(slots=True)
@@ -148,27 +166,34 @@ def _decode_input(i: int, spec: Any, binary: memoryview, offset: int) -> tuple[s
     return name, array.reshape(shape), offset
 
 
-def _requested_outputs(specs: Any) -> dict[str, bool | None] | None:
+def _requested_outputs(specs: Any) -> dict[str, RequestedOutput] | None:
     if specs is None:
         return None
     if not isinstance(specs, list):
         raise MalformedRequest("outputs must be a list of {name, parameters}")
-    outputs: dict[str, bool | None] = {}
+    outputs: dict[str, RequestedOutput] = {}
     for i, spec in enumerate(specs):
         name = spec.get("name") if isinstance(spec, dict) else None
         if not isinstance(name, str):
             raise MissingField(f"outputs[{i}].name", "a string")
+        if name in outputs:
+            raise MalformedRequest(f"output {name!r} is asked for twice")
         parameters = _object(spec.get("parameters"), f"output {name!r} parameters")
-        if "classification" in parameters:
-            raise Unsupported(
-                "the classification extension",
-                "drop class_count and ask for the probabilities; the model metadata's "
-                "outputs[0].parameters.classes names their columns",
-            )
         if "shared_memory_region" in parameters:
             raise Unsupported("shared memory")
-        outputs[name] = _flag(parameters, "binary_data") if "binary_data" in parameters else None
+        binary = _flag(parameters, "binary_data") if "binary_data" in parameters else None
+        outputs[name] = RequestedOutput(binary, class_count(name, parameters.get("classification", 0)))
     return outputs
+
+
+def class_count(output: str, value: Any) -> int:
+    """The classification extension's class count of an output, checked as every transport sends it."""
+    if type(value) is not int or value < 0:
+        raise MalformedRequest(
+            f"output {output!r}: classification is {value!r}: expected the number of top classes to "
+            "answer (a positive integer; 0: the output itself)"
+        )
+    return value
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -191,7 +216,7 @@ def encode_response(response: InferResponse, request: InferRequest) -> tuple[byt
     wanted = request.outputs
     outputs, chunks = [], []
     for name, array in response.outputs.items():
-        binary = wanted.get(name) if wanted else None
+        binary = wanted[name].binary if wanted else None
         entry: dict[str, Any] = {"name": name, "datatype": DATATYPE[array.dtype], "shape": list(array.shape)}
         if request.binary_output if binary is None else binary:
             raw = array.tobytes()

@@ -21,7 +21,7 @@ from tritonflow.lineage.records import DeploymentRecord
 from tritonflow.lineage.report import lineage_document
 from tritonflow.lineage.runs import LiveRun, live_run
 from tritonflow.serving.access import Access
-from tritonflow.serving.codec import InferRequest, InferResponse
+from tritonflow.serving.codec import InferRequest, InferResponse, RequestedOutput
 from tritonflow.serving.datatypes import DATATYPE
 from tritonflow.serving.errors import (
     BadBatchSize,
@@ -33,6 +33,7 @@ from tritonflow.serving.errors import (
     ServerNotReady,
     ServingError,
     UnknownTensor,
+    Unsupported,
     WrongDatatype,
     WrongShape,
 )
@@ -243,13 +244,15 @@ def _check_inputs(target: ModelVersion, inputs: dict[str, np.ndarray]) -> int:
     return rows
 
 
-def _check_outputs(target: ModelVersion, requested: dict[str, bool | None] | None) -> list[str] | None:
+def _check_outputs(target: ModelVersion, requested: dict[str, RequestedOutput] | None) -> list[str] | None:
     """The outputs to answer with, in the order asked; None: every output."""
     if not requested:
         return None
-    for name in requested:
+    for name, asked in requested.items():
         if name not in target.outputs:
             raise UnknownTensor("output", name, target.label, list(target.outputs))
+        if asked.class_count:
+            raise Unsupported("the classification extension", "ask for the probabilities")
     return list(requested)
 
 

@@ -110,10 +110,16 @@ CASES = [
     case("data-strings", body(tensor(data=["a"] * 8)), 400, "data is not FP32"),
     case("ragged-data", body(tensor(data=[[1.0] * 8, [1.0]])), 400, "data is not FP32"),
     case(
-        "classification",
-        body(tensor(), outputs=[{"name": "o", "parameters": {"classification": 2}}]),
+        "classification-negative",
+        body(tensor(), outputs=[{"name": "output__0", "parameters": {"classification": -1}}]),
         400,
-        "classification extension is not supported",
+        "classification is -1: expected the number of top classes",
+    ),
+    case(
+        "output-twice",
+        body(tensor(), outputs=[{"name": "output__0"}, {"name": "output__0"}]),
+        400,
+        "output 'output__0' is asked for twice",
     ),
     # model and version
     case(
