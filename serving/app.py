@@ -10,15 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
 
 from tritonflow.lineage.errors import RepositoryError, TritonflowError
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.lineage.store.local import LocalStore
+from tritonflow.serving import grpc_server
 from tritonflow.serving.access import Access, Restriction
 from tritonflow.serving.batcher import Traffic
+from tritonflow.serving.connections import DEFAULT_SHUTDOWN_TIMEOUT
 from tritonflow.serving.dataplane import DataPlane
+from tritonflow.serving.grpc_service import Service
 from tritonflow.serving.http import Receive, Router, Scope, Send
 from tritonflow.serving.limits import DEFAULT_MAX_INFLIGHT_BYTES
 from tritonflow.serving.loading import Loader, LoadSettings
@@ -46,6 +53,9 @@ class Settings:
     strict_readiness: bool = True  # ready only while every model meant to serve has a version serving
     probe: ProbeLimits | None = ProbeLimits()  # None: new versions load without a child-process probe
     max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES  # request bodies held at once, all connections
+    metrics_port: int = 0  # the port of the listener that answers only GET /metrics; 0: none
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT  # seconds gRPC calls in flight get to finish
+    grpc_tls: grpc_server.TLS | None = None  # PEM key, certificate chain, client CAs
 
 
 def default_cache_dir() -> Path:
@@ -54,8 +64,13 @@ def default_cache_dir() -> Path:
 
 
 class App:
-    def __init__(self, settings: Settings) -> None:
+    """`grpc_sockets`: listening sockets (SO_REUSEPORT) that hold the gRPC port until gRPC binds it."""
+
+    def __init__(self, settings: Settings, grpc_sockets: Sequence[socket.socket] = ()) -> None:
         self.settings = settings
+        self._grpc_sockets = list(grpc_sockets)
+        self._grpc: grpc.aio.Server | None = None
+        self._grpc_stopped: asyncio.Future[None] | None = None
         repository = ModelRepository(settings.repository)
         traffic = Traffic()
         cache_dir = settings.cache_dir or default_cache_dir()
@@ -65,7 +80,8 @@ class App:
         self.registry = Registry(repository, loader, traffic, mirror)
         access = Access(settings.restrictions)
         self.plane = DataPlane(self.registry, access, settings.model_control, settings.strict_readiness)
-        self.router = Router(self.plane, settings.max_request_bytes, traffic, settings.max_inflight_bytes)
+        limits = (settings.max_request_bytes, traffic, settings.max_inflight_bytes, settings.metrics_port)
+        self.router = Router(self.plane, *limits)
         self.watcher = Watcher(self.registry, settings.poll_interval)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,12 +101,34 @@ class App:
         self.plane.ready = True
         serving = ", ".join(sorted(mv.label for mv in self.registry.serving())) or "nothing yet"
         log.info("serving %s from %s", serving, self.registry.repository.uri)
+        await self._start_grpc()
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown
+        await self.stop_grpc()
         self.plane.ready = False
         await self.watcher.stop()
         await self.registry.close()
+        self.plane.shared_memory.unregister(None)  # NOTE: unmaps every region the clients left registered
         await send({"type": "lifespan.shutdown.complete"})
+
+    async def _start_grpc(self) -> None:
+        """gRPC on the held port, on this event loop, over the same data plane as HTTP."""
+        if self._grpc_sockets:
+            handler = Service(self.plane, self.settings.max_request_bytes).handler()
+            self._grpc = await grpc_server.start(handler, self._grpc_sockets, self.settings.grpc_tls)
+            self._grpc_sockets.clear()
+
+    async def stop_grpc(self) -> None:
+        """Stop accepting gRPC calls; those in flight get --shutdown-timeout to finish. Every caller
+        waits for the same stop: the models unload only once gRPC has drained."""
+        if self._grpc_stopped is None and self._grpc is not None:
+            self._grpc_stopped = asyncio.ensure_future(self._drain_grpc(self._grpc))
+        if self._grpc_stopped is not None:
+            await self._grpc_stopped
+
+    async def _drain_grpc(self, server: grpc.aio.Server) -> None:
+        await server.stop(self.settings.shutdown_timeout)
+        log.info("gRPC stopped")
 
     async def _start(self) -> None:
         """Load what the model control mode says; from the mirror if the repository is down."""
@@ -126,5 +164,5 @@ class App:
                 log.error("--load-model %s: %s", name, exc)
 
 
-def create_app(settings: Settings) -> App:
-    return App(settings)
+def create_app(settings: Settings, grpc_sockets: Sequence[socket.socket] = ()) -> App:
+    return App(settings, grpc_sockets)

@@ -365,10 +365,11 @@ def _answers(
 
 
 def _assemble(item: _Item) -> tuple[Tensors, Execution]:
-    """A chunked request's outputs in row order, and its timing: the chunks' phases end to end."""
+    """A chunked request's outputs in row order, and its timing: the chunks' phases end to end,
+    ending with its last chunk; the waits between chunks (other requests' calls) are queue time."""
     outputs = {name: np.concatenate([out[name] for out, _ in item.pieces]) for name in item.pieces[0][0]}
     calls = [call for _, call in item.pieces]
-    started = calls[0].started_ns
+    started = calls[-1].ended_ns - sum(c.ended_ns - c.started_ns for c in calls)
     merged = started + sum(c.input_ns - c.started_ns for c in calls)
     inferred = merged + sum(c.infer_ns - c.input_ns for c in calls)
     ended = inferred + sum(c.ended_ns - c.infer_ns for c in calls)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 import orjson
 
 from tritonflow.serving import strict_json
-from tritonflow.serving.datatypes import DATATYPE, NUMPY
+from tritonflow.serving.datatypes import BYTES, DATATYPE, NUMPY
 from tritonflow.serving.errors import MalformedRequest, MissingField, Unsupported, UnsupportedEncoding
 
 # Content-Encoding -> zlib wbits ("deflate" is the zlib format, as tritonclient sends it).
@@ -75,8 +76,13 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
-def decode_request(body: bytes, header_length: int | None) -> InferRequest:
-    """Parse an infer request; every framing or tensor error is a MalformedRequest naming the part."""
+# Reads an input tensor out of a shared memory region: SharedMemory.read(region, datatype, shape).
+ReadRegion = Callable[[Region, str, list[int]], np.ndarray]
+
+
+def decode_request(body: bytes, header_length: int | None, read: ReadRegion | None = None) -> InferRequest:
+    """Parse an infer request; every framing or tensor error is a MalformedRequest naming the part.
+    `read` gives inputs in shared memory (None: a node without the extension refuses them)."""
     if header_length is None:
         text, binary = body, memoryview(b"")
     elif 0 <= header_length <= len(body):
@@ -97,7 +103,7 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for i, spec in enumerate(specs):
-        name, array, offset = _decode_input(i, spec, binary, offset)
+        name, array, offset = _decode_input(i, spec, binary, offset, read)
         if name in inputs:
             raise MalformedRequest(f"input {name!r} is given twice")
         inputs[name] = array
@@ -114,7 +120,9 @@ def decode_request(body: bytes, header_length: int | None) -> InferRequest:
     )
 
 
-def _decode_input(i: int, spec: Any, binary: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
+def _decode_input(
+    i: int, spec: Any, binary: memoryview, offset: int, read: ReadRegion | None
+) -> tuple[str, np.ndarray, int]:
     if not isinstance(spec, dict):
         raise MalformedRequest(f"inputs[{i}] must be an object {_TENSOR}")
     name = spec.get("name")
@@ -135,7 +143,11 @@ def _decode_input(i: int, spec: Any, binary: memoryview, offset: int) -> tuple[s
         raise MissingField(f"input {name!r} shape", f"a list of at most {MAX_DIMS} non-negative integers")
     parameters = _object(spec.get("parameters"), f"input {name!r} parameters")
     if "shared_memory_region" in parameters:
-        raise Unsupported("shared memory")
+        if read is None:
+            raise Unsupported("shared memory")
+        if "data" in spec or "binary_data_size" in parameters:
+            raise MalformedRequest(f"input {name!r} has data and a shared memory region: give one")
+        return name, read(shared_memory_region(f"input {name!r}", parameters), DATATYPE[dtype], shape), offset
     count = math.prod(shape)
     size = parameters.get("binary_data_size")
     if size is not None:
@@ -179,10 +191,12 @@ def _requested_outputs(specs: Any) -> dict[str, RequestedOutput] | None:
         if name in outputs:
             raise MalformedRequest(f"output {name!r} is asked for twice")
         parameters = _object(spec.get("parameters"), f"output {name!r} parameters")
+        region = None
         if "shared_memory_region" in parameters:
-            raise Unsupported("shared memory")
+            region = shared_memory_region(f"output {name!r}", parameters)
         binary = _flag(parameters, "binary_data") if "binary_data" in parameters else None
-        outputs[name] = RequestedOutput(binary, class_count(name, parameters.get("classification", 0)))
+        count = class_count(name, parameters.get("classification", 0))
+        outputs[name] = RequestedOutput(binary, count, region)
     return outputs
 
 
@@ -194,6 +208,18 @@ def class_count(output: str, value: Any) -> int:
             "answer (a positive integer; 0: the output itself)"
         )
     return value
+
+
+def shared_memory_region(tensor: str, parameters: dict[str, Any]) -> Region:
+    """A tensor's shared_memory_region, _offset (default 0) and _byte_size, checked for every transport."""
+    name, offset = parameters.get("shared_memory_region"), parameters.get("shared_memory_offset", 0)
+    size = parameters.get("shared_memory_byte_size")
+    if not isinstance(name, str) or type(offset) is not int or type(size) is not int or min(offset, size) < 0:
+        raise MalformedRequest(
+            f"{tensor}: shared_memory_region {name!r}, shared_memory_offset {offset!r}, "
+            f"shared_memory_byte_size {size!r}: expected a region's name and two non-negative integers"
+        )
+    return Region(name, offset, size)
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -211,20 +237,37 @@ def _flag(parameters: dict[str, Any], key: str) -> bool:
     return value
 
 
+def serialize_bytes(array: np.ndarray) -> bytes:
+    """A BYTES tensor's raw form, as Triton's wire carries it: each element, in row-major order,
+    after its length as 4 little-endian bytes."""
+    return b"".join(len(item).to_bytes(4, "little") + item for item in array.ravel().tolist())
+
+
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """An output's raw bytes, as every transport sends them (HTTP binary, gRPC raw_output_contents,
+    a shared memory region): BYTES serialized, any other datatype as its array's memory."""
+    return serialize_bytes(array) if array.dtype == BYTES else array.tobytes()
+
+
 def encode_response(response: InferResponse, request: InferRequest) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary outputs follow it."""
     wanted = request.outputs
     outputs, chunks = [], []
     for name, array in response.outputs.items():
-        binary = wanted[name].binary if wanted else None
+        asked = wanted[name] if wanted else RequestedOutput()
         entry: dict[str, Any] = {"name": name, "datatype": DATATYPE[array.dtype], "shape": list(array.shape)}
-        if request.binary_output if binary is None else binary:
-            raw = array.tobytes()
+        outputs.append(entry)
+        if asked.region is not None:
+            continue  # NOTE: written into its region by the data plane: Triton answers name, datatype, shape
+        if request.binary_output if asked.binary is None else asked.binary:
+            raw = tensor_bytes(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = array.ravel().tolist()
-        outputs.append(entry)
+            # NOTE: BYTES in JSON is a string per element (classification's are UTF-8: labels files are)
+            entry["data"] = (
+                [b.decode() for b in array.ravel()] if array.dtype == BYTES else array.ravel().tolist()
+            )
     stamp = response.stamp
     body: dict[str, Any] = {"model_name": stamp["model_name"], "model_version": stamp["model_version"]}
     if response.id is not None:

@@ -8,7 +8,9 @@ a ServingError; once the version is resolved, the error carries its stamp.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Mapping
 from time import perf_counter_ns
 from typing import Any
 
@@ -21,6 +23,7 @@ from tritonflow.lineage.records import DeploymentRecord
 from tritonflow.lineage.report import lineage_document
 from tritonflow.lineage.runs import LiveRun, live_run
 from tritonflow.serving.access import Access
+from tritonflow.serving.classification import check_classifiable, classify
 from tritonflow.serving.codec import InferRequest, InferResponse, RequestedOutput
 from tritonflow.serving.datatypes import DATATYPE
 from tritonflow.serving.errors import (
@@ -33,23 +36,31 @@ from tritonflow.serving.errors import (
     ServerNotReady,
     ServingError,
     UnknownTensor,
-    Unsupported,
     WrongDatatype,
     WrongShape,
 )
 from tritonflow.serving.metrics import Metrics, VersionStats
-from tritonflow.serving.model_config import to_json
+from tritonflow.serving.model_config import ModelConfig, to_json
 from tritonflow.serving.model_version import ModelVersion, Tensor
 from tritonflow.serving.registry import Registry
 from tritonflow.serving.served_config import as_served
+from tritonflow.serving.settings import Log, LogSettings, Trace, TraceSettings
+from tritonflow.serving.shared_memory import SharedMemory
 from tritonflow.serving.throttle import Throttle
+
+log = logging.getLogger(__name__)
 
 EXTENSIONS = [
     "binary_tensor_data",
+    "classification",
     "parameters",
     "model_configuration",
     "model_repository",
     "statistics",
+    "trace",  # NOTE: its settings endpoints, answered with tracing off (serving/settings.py)
+    "logging",
+    "system_shared_memory",
+    "cuda_shared_memory",  # NOTE: answered as by a Triton without GPUs (no region can be registered)
     "tritonflow_lineage",
 ]
 
@@ -75,6 +86,9 @@ class DataPlane:
         self._metrics = Metrics(self._stats, self._refusals)
         self._lineage_slots = Throttle("lineage", concurrency=1, queue=8)
         self._lineage_cache: dict[tuple[str, int], tuple[float, DeploymentRecord, LiveRun]] = {}
+        self.shared_memory = SharedMemory()  # NOTE: the node's regions, one set for every transport
+        self._log = LogSettings()
+        self._trace = TraceSettings()
 
     # -- inference -----------------------------------------------------------------------------
     async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
@@ -85,7 +99,9 @@ class DataPlane:
         try:
             rows = _check_inputs(target, request.inputs)
             wanted = _check_outputs(target, request.outputs)
-            submitted = perf_counter_ns()
+            regions = {n: o.region for n, o in (request.outputs or {}).items() if o.region is not None}
+            for region in regions.values():
+                self.shared_memory.check(region)  # NOTE: before the model runs, as Triton checks them
             stats.pending += 1
             try:
                 outputs, execution = await target.batcher.submit(request.inputs, rows)
@@ -94,7 +110,6 @@ class DataPlane:
                 raise
             finally:
                 stats.pending -= 1
-            stats.record_success(started, submitted, execution)
         except ServingError as exc:
             # NOTE: rejected before the model (unknown input, shape...): stamped, not a failure, as Triton
             exc.stamp = target.stamp
@@ -102,7 +117,19 @@ class DataPlane:
         finally:
             target.release()
         if wanted is not None:
-            outputs = {name: outputs[name] for name in wanted}
+            outputs = {name: _answer(target, name, outputs[name], asked) for name, asked in wanted.items()}
+        try:
+            for name, region in regions.items():
+                # NOTE: checked again: the region may have been unregistered or shrunk meanwhile
+                self.shared_memory.write(region, outputs[name])
+        except ServingError as exc:
+            stats.record_failure(started, exc)  # NOTE: the model ran: a failed answer, as Triton counts it
+            exc.stamp = target.stamp
+            raise
+        # NOTE: once its outputs are formatted and written, as Triton's compute_output counts them
+        stats.record_success(started, rows, execution)
+        if log.isEnabledFor(logging.DEBUG):  # NOTE: Triton's verbose log has a line per request too
+            log.debug("%s answered %d row(s) of request %r", target.label, rows, request.id)
         return InferResponse(request.id, target.stamp, outputs)
 
     # -- health and metadata ---------------------------------------------------------------------
@@ -143,8 +170,12 @@ class DataPlane:
         }
 
     def model_config(self, model: str, version: str | None) -> dict[str, Any]:
+        return to_json(self.served_config(model, version))
+
+    def served_config(self, model: str, version: str | None) -> ModelConfig:
+        """The config as Triton serves it (the proto: gRPC answers it as is, HTTP as JSON)."""
         # NOTE: `model`, the folder's name, is the name Triton gives a config that has none.
-        return to_json(as_served(self.registry.resolve(model, version).config, model))
+        return as_served(self.registry.resolve(model, version).config, model)
 
     def model_stats(self, model: str | None, version: str | None) -> dict[str, Any]:
         """Triton's statistics: one version, every version of a model, or every model."""
@@ -159,6 +190,18 @@ class DataPlane:
 
     def metrics(self) -> bytes:
         return self._metrics.exposition()
+
+    def log_settings(self, update: Mapping[str, bool | int | str] | None = None) -> Log:
+        """Triton's log settings, after applying `update` (checked whole first)."""
+        return self._log.update(update) if update else self._log.get()
+
+    def trace_settings(
+        self, model: str | None, update: Mapping[str, list[str] | None] | None = None
+    ) -> Trace:
+        """Triton's trace settings, global or a model's, after applying `update`."""
+        if model is not None:
+            self.registry.resolve(model, None)
+        return self._trace.update(model, update) if update else self._trace.get(model)
 
     async def lineage(self, model: str, version: str) -> dict[str, Any]:
         """The version's lineage document: the same JSON as `tritonflow lineage <id> --json`.
@@ -244,7 +287,9 @@ def _check_inputs(target: ModelVersion, inputs: dict[str, np.ndarray]) -> int:
     return rows
 
 
-def _check_outputs(target: ModelVersion, requested: dict[str, RequestedOutput] | None) -> list[str] | None:
+def _check_outputs(
+    target: ModelVersion, requested: dict[str, RequestedOutput] | None
+) -> dict[str, RequestedOutput] | None:
     """The outputs to answer with, in the order asked; None: every output."""
     if not requested:
         return None
@@ -252,8 +297,15 @@ def _check_outputs(target: ModelVersion, requested: dict[str, RequestedOutput] |
         if name not in target.outputs:
             raise UnknownTensor("output", name, target.label, list(target.outputs))
         if asked.class_count:
-            raise Unsupported("the classification extension", "ask for the probabilities")
-    return list(requested)
+            check_classifiable(name, target.outputs[name].datatype, target.label)
+    return requested
+
+
+def _answer(target: ModelVersion, name: str, array: np.ndarray, asked: RequestedOutput) -> np.ndarray:
+    """An output as asked: itself, or (class_count) its top classes."""
+    if not asked.class_count:
+        return array
+    return classify(array, asked.class_count, target.max_batch_size > 0, target.labels.get(name))
 
 
 def _tensor_json(tensor: Tensor, batch: list[int]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# Triton protocol datatype -> numpy dtype. BYTES (variable-length strings) is not served.
+# Triton protocol datatype -> numpy dtype, for inputs and outputs. BYTES is not among them: no input takes it.
 NUMPY: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
@@ -19,7 +19,9 @@ NUMPY: dict[str, np.dtype] = {
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
 }
-DATATYPE: dict[np.dtype, str] = {dtype: name for name, dtype in NUMPY.items()}
+# Outputs only: the classification extension answers BYTES, an object array of one bytes per element.
+BYTES = np.dtype(object)
+DATATYPE: dict[np.dtype, str] = {**{dtype: name for name, dtype in NUMPY.items()}, BYTES: "BYTES"}
 
 
 def from_config(config_type: str) -> str:

@@ -161,6 +161,36 @@ class LoadFailed(ServingError):
         super().__init__(f"failed to load {name!r}: {reason}")  # NOTE: Triton's words, which clients match
 
 
+class UnknownRegion(ServingError):
+    """Triton's text and status for a shared memory region that is not registered."""
+
+    status = 404
+
+    def __init__(self, name: str, kind: str = "") -> None:
+        # NOTE: Triton names the kind in status calls ("system", "cuda"), not in an infer request
+        super().__init__(f"Unable to find {kind + ' ' if kind else ''}shared memory region: {name!r}")
+
+
+class RegionExists(ServingError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"shared memory region {name!r} already in manager: unregister it first")
+
+
+class BadRegion(ServingError):
+    """A shared memory key, window or size the node will not touch (Triton answers some with a 500)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+
+
+class CudaSharedMemoryUnavailable(ServingError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"failed to register CUDA shared memory region {name!r}: this node has no GPU: "
+            "use system shared memory"
+        )
+
+
 class ServerNotReady(ServingError):
     status = 503
 
@@ -175,6 +205,13 @@ class InferenceFailed(ServingError):
 
     def __init__(self, model: str, reason: str) -> None:
         super().__init__(f"inference failed in model {model}: {reason}")
+
+
+class InvalidSetting(ServingError):
+    """A log or trace setting the node does not know, a bad value, or one it cannot honour."""
+
+    def __init__(self, kind: str, key: str, value: object, expected: str) -> None:
+        super().__init__(f"{kind} setting {key!r} cannot be {value!r}: {expected}")
 
 
 class InternalError(ServingError):

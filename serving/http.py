@@ -36,6 +36,7 @@ from tritonflow.serving.errors import (
     render,
 )
 from tritonflow.serving.limits import DEFAULT_MAX_INFLIGHT_BYTES, InflightBytes, is_encoded
+from tritonflow.serving.settings import trace_from_http, trace_to_http
 
 log = logging.getLogger("tritonflow.serving")
 
@@ -79,9 +80,11 @@ async def infer(plane: DataPlane, req: Request) -> Response:
     if json_bytes > OFFLOAD_JSON_BYTES:
         # NOTE: a big JSON body takes ~10 ms per MB to decode; in a thread the loop can answer other
         # requests between its steps (orjson's parse itself holds the GIL throughout).
-        request = await asyncio.to_thread(codec.decode_request, req.body, header_length)
+        request = await asyncio.to_thread(
+            codec.decode_request, req.body, header_length, plane.shared_memory.read
+        )
     else:
-        request = codec.decode_request(req.body, header_length)
+        request = codec.decode_request(req.body, header_length, plane.shared_memory.read)
     response = await plane.infer(req.params["model"], req.params.get("version"), request)
     body, json_length = codec.encode_response(response, request)
     headers = [(b"x-deployment-id", response.stamp["deployment_id"].encode())]
@@ -151,8 +154,48 @@ async def unload(plane: DataPlane, req: Request) -> Response:
     return EMPTY
 
 
+async def log_settings(plane: DataPlane, req: Request) -> Response:
+    return json_response(plane.log_settings(_json_body(req)))
+
+
+async def trace_settings(plane: DataPlane, req: Request) -> Response:
+    update = trace_from_http(_json_body(req))
+    return json_response(trace_to_http(plane.trace_settings(req.params.get("model"), update)))
+
+
+async def shm_status(plane: DataPlane, req: Request) -> Response:
+    return json_response(plane.shared_memory.status(req.params.get("region")))
+
+
+async def shm_register(plane: DataPlane, req: Request) -> Response:
+    body = _json_body(req)
+    key, offset, byte_size = body.get("key"), body.get("offset", 0), body.get("byte_size")
+    if not isinstance(key, str) or not all(type(n) is int for n in (offset, byte_size)):
+        raise MalformedRequest('register takes {"key": string, "offset": integer, "byte_size": integer}')
+    plane.shared_memory.register(req.params["region"], key, offset, byte_size)
+    return EMPTY
+
+
+async def shm_unregister(plane: DataPlane, req: Request) -> Response:
+    plane.shared_memory.unregister(req.params.get("region"))
+    return EMPTY
+
+
+async def cuda_status(plane: DataPlane, req: Request) -> Response:
+    return json_response(plane.shared_memory.cuda_status(req.params.get("region")))
+
+
+async def cuda_register(plane: DataPlane, req: Request) -> Response:
+    plane.shared_memory.cuda_register(req.params["region"])
+    return EMPTY
+
+
+async def cuda_unregister(plane: DataPlane, req: Request) -> Response:
+    return EMPTY  # NOTE: no CUDA region can be registered here, so none is left to unregister
+
+
 def _json_body(req: Request) -> dict[str, Any]:
-    """The optional JSON object of a repository request."""
+    """The optional JSON object of a repository or settings request."""
     if not req.body.strip():
         return {}
     try:
@@ -187,6 +230,22 @@ ROUTES: list[tuple[str, str, str, Handler]] = [
     ("POST", "/v2/repository/index", "model-repository", repository_index),
     ("POST", "/v2/repository/models/{model}/load", "model-repository", load),
     ("POST", "/v2/repository/models/{model}/unload", "model-repository", unload),
+    ("GET", "/v2/systemsharedmemory/status", "shared-memory", shm_status),
+    ("GET", "/v2/systemsharedmemory/region/{region}/status", "shared-memory", shm_status),
+    ("POST", "/v2/systemsharedmemory/region/{region}/register", "shared-memory", shm_register),
+    ("POST", "/v2/systemsharedmemory/unregister", "shared-memory", shm_unregister),
+    ("POST", "/v2/systemsharedmemory/region/{region}/unregister", "shared-memory", shm_unregister),
+    ("GET", "/v2/cudasharedmemory/status", "shared-memory", cuda_status),
+    ("GET", "/v2/cudasharedmemory/region/{region}/status", "shared-memory", cuda_status),
+    ("POST", "/v2/cudasharedmemory/region/{region}/register", "shared-memory", cuda_register),
+    ("POST", "/v2/cudasharedmemory/unregister", "shared-memory", cuda_unregister),
+    ("POST", "/v2/cudasharedmemory/region/{region}/unregister", "shared-memory", cuda_unregister),
+    ("GET", "/v2/logging", "logging", log_settings),
+    ("POST", "/v2/logging", "logging", log_settings),
+    ("GET", "/v2/trace/setting", "trace", trace_settings),
+    ("POST", "/v2/trace/setting", "trace", trace_settings),
+    ("GET", "/v2/models/{model}/trace/setting", "trace", trace_settings),
+    ("POST", "/v2/models/{model}/trace/setting", "trace", trace_settings),
 ]
 
 
@@ -217,12 +276,14 @@ class Router:
         max_request_bytes: int,
         traffic: Traffic,
         max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+        metrics_port: int = 0,
     ) -> None:
         self.plane = plane
         self.max_request_bytes = max_request_bytes
         self.traffic = traffic
         self.inflight = InflightBytes(max_inflight_bytes, max_request_bytes)
         self._routes = [(m, _compile(template), group, handler) for m, template, group, handler in ROUTES]
+        self.metrics_port = metrics_port  # NOTE: its listener answers GET /metrics only, as Triton's
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.traffic.active += 1
@@ -248,6 +309,8 @@ class Router:
         """The response to send; None when the client went away before sending its body."""
         method, path = scope["method"], scope["path"]
         try:
+            if self.metrics_port and scope["server"][1] == self.metrics_port and path != "/metrics":
+                raise RouteNotFound(method, path)
             group, handler, params = self._match(method, path)
             self.plane.access.check(group, headers)
             check_params(params)

@@ -68,7 +68,7 @@ class VersionStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
-    inference_count: int = 0  # rows inferred
+    inference_count: int = 0  # rows of the requests answered
     execution_count: int = 0  # engine calls
     last_inference_ms: int = 0
     pending: int = 0  # requests queued or executing now
@@ -77,20 +77,27 @@ class VersionStats:
 
     def record_execution(self, ex: Execution) -> None:
         self.execution_count += 1
-        self.inference_count += ex.rows
         self.last_inference_ms = time.time_ns() // 1_000_000
         batch = self.batches.get(ex.rows) or self.batches.setdefault(ex.rows, BatchStats())
         batch.compute_input.add(ex.input_ns - ex.started_ns)
         batch.compute_infer.add(ex.infer_ns - ex.input_ns)
         batch.compute_output.add(ex.ended_ns - ex.infer_ns)
 
-    def record_success(self, started_ns: int, submitted_ns: int, ex: Execution) -> None:
-        """One request answered; each request in a batch is charged the batch's compute time."""
-        self.success.add(perf_counter_ns() - started_ns)
-        self.queue.add(ex.started_ns - submitted_ns)
+    def record_success(self, started_ns: int, rows: int, ex: Execution) -> None:
+        """One request answered, its rows counted with it (so a read never sees one without the other).
+
+        Its phases cover its whole time in the node, from the data plane's entry (`started_ns`) to
+        now: queue up to the engine call (checks, the loop's turn, the worker's queue), the call's
+        input merge and engine time (a batch's, charged to each of its requests), and output: the
+        split and the way back to the request on the loop.
+        """
+        now = perf_counter_ns()
+        self.inference_count += rows
+        self.success.add(now - started_ns)
+        self.queue.add(ex.started_ns - started_ns)
         self.compute_input.add(ex.input_ns - ex.started_ns)
         self.compute_infer.add(ex.infer_ns - ex.input_ns)
-        self.compute_output.add(ex.ended_ns - ex.infer_ns)
+        self.compute_output.add(now - ex.infer_ns)
 
     def record_failure(self, started_ns: int, exc: BaseException) -> None:
         """A request the model took and did not answer, by Triton's reason for it."""
@@ -116,6 +123,7 @@ class VersionStats:
                 "cache_hit": zero,
                 "cache_miss": zero,
             },
+            "response_stats": {},  # NOTE: per-response counts; Triton fills it for decoupled models only
             "batch_stats": [
                 {
                     "batch_size": rows,
@@ -222,7 +230,8 @@ class StatsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         histogram = HistogramMetricFamily(*BATCH_SIZE, labels=["model", "version"])
         for name, version, stats in self._source():
-            histogram.add_metric([name, str(version)], _buckets(stats), stats.inference_count)
+            rows = sum(size * b.compute_infer.count for size, b in stats.batches.items())
+            histogram.add_metric([name, str(version)], _buckets(stats), rows)
         yield histogram
         refused = CounterMetricFamily(*REFUSALS, labels=["model", "reason"])
         for name, reason, count in self._refusals():

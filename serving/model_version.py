@@ -58,6 +58,7 @@ class ModelVersion:
         backend: Backend,
         traffic: Traffic,
         loop: asyncio.AbstractEventLoop,
+        labels: dict[str, list[str]] | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -74,6 +75,7 @@ class ModelVersion:
         self.inputs = _tensors(tensors["inputs"])
         self.outputs = _tensors(tensors["outputs"])
         self.classes = _classes(record, self.outputs)
+        self.labels = labels or {}  # output -> its labels file's lines: column i's label is line i
         self.max_batch_size = config.max_batch_size
         self.stats = VersionStats()
         self.batcher = Batcher(

@@ -21,7 +21,7 @@ from tritonflow.lineage.errors import NotFound, TritonflowError
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.serving.batcher import Traffic
 from tritonflow.serving.errors import InvalidVersion, LoadFailed, ModelNotFound
-from tritonflow.serving.labels import folder_reader, model_files
+from tritonflow.serving.labels import folder_reader, label_files, model_files, read_labels
 from tritonflow.serving.loading import Loader, Refusal, VersionRefused, refusal
 from tritonflow.serving.mirror import Mirror
 from tritonflow.serving.model_config import (
@@ -224,6 +224,9 @@ class Registry:
         refused = {} if fresh else {v: r for v, r in model.refused.items() if v not in retry}
         loaded = {} if fresh else dict(model.versions)
         candidates = [v for v in model.published if v not in refused]
+        labels = {
+            o: found for o in label_files(config) if (found := read_labels(config, o, files.get)) is not None
+        }
         while True:
             targets = served_versions(config, candidates)
             missing = [v for v in targets if v not in loaded]
@@ -232,7 +235,9 @@ class Registry:
             for version in missing:
                 model.loading.add(version)
                 try:
-                    loaded[version] = await self._load_version(repository, model.name, version, config)
+                    loaded[version] = await self._load_version(
+                        repository, model.name, version, config, labels
+                    )
                 except Exception as exc:
                     # NOTE: the loader says why (VersionRefused); anything else failed past it, on the loop
                     found = exc.refusal if isinstance(exc, VersionRefused) else refusal(exc, ())
@@ -273,12 +278,17 @@ class Registry:
         return found
 
     async def _load_version(
-        self, repository: ModelRepository, name: str, version: int, config: ModelConfig
+        self,
+        repository: ModelRepository,
+        name: str,
+        version: int,
+        config: ModelConfig,
+        labels: dict[str, list[str]],
     ) -> ModelVersion:
         record, backend = await asyncio.to_thread(self.loader.open, repository, name, version, config)
         try:
             mv = ModelVersion(
-                name, version, config, record, backend, self.traffic, asyncio.get_running_loop()
+                name, version, config, record, backend, self.traffic, asyncio.get_running_loop(), labels
             )
         except Exception:
             backend.unload()

@@ -14,6 +14,7 @@ process exits with status 0.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -27,7 +28,7 @@ from typing import Any
 
 import uvicorn
 
-from tritonflow.lineage.arguments import count, port, positive
+from tritonflow.lineage.arguments import argument_type, count, positive
 from tritonflow.lineage.errors import RepositoryError, TritonflowError
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.lineage.store.local import LocalStore
@@ -35,6 +36,7 @@ from tritonflow.serving.access import API_GROUPS, MODEL_CONTROL_MODES, AccessErr
 from tritonflow.serving.app import (
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_POLL_INTERVAL,
+    App,
     Settings,
     create_app,
     default_cache_dir,
@@ -50,18 +52,38 @@ from tritonflow.serving.connections import (
     raise_open_file_limit,
 )
 from tritonflow.serving.limits import DEFAULT_MAX_INFLIGHT_BYTES
-from tritonflow.serving.listeners import listen, url
+from tritonflow.serving.listeners import hold, listen, url
 from tritonflow.serving.mirror import Mirror
 from tritonflow.serving.probe import ProbeLimits
+from tritonflow.serving.settings import LOG_FORMAT
 
 log = logging.getLogger("tritonflow.serving")
+
+BACKLOG = 2048  # NOTE: uvicorn's default, for every listener
+listener_port = argument_type(int, lambda v: 0 <= v <= 65535, "a port number in 0-65535 (0: no listener)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("repository", help="the model repository: a local folder or s3://bucket/prefix")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument(
-        "--port", type=port, default=8000, help="HTTP port; 0: any free one, logged (default: %(default)s)"
+        "--http-port",
+        "--port",
+        type=listener_port,
+        default=8000,
+        help="HTTP port (KServe v2 / Triton HTTP and /metrics); 0: no HTTP listener (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--grpc-port",
+        type=listener_port,
+        default=8001,
+        help="gRPC port (Triton's GRPCInferenceService); 0: no gRPC listener (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=listener_port,
+        default=8002,
+        help="a port that answers only GET /metrics, as Triton's; 0: none (default: %(default)s)",
     )
     parser.add_argument(
         "--model-control-mode",
@@ -239,14 +261,35 @@ def _tls(cert: Path | None, key: Path | None, ca: Path | None) -> dict[str, Any]
     return {"ssl_certfile": str(cert), "ssl_keyfile": str(key), **required}
 
 
+def _grpc_tls(cert: Path, key: Path, ca: Path | None) -> tuple[bytes, bytes, bytes | None]:
+    """gRPC's credentials take the PEM bytes (the files were checked by _tls)."""
+    return key.read_bytes(), cert.read_bytes(), ca.read_bytes() if ca is not None else None
+
+
 class Node(uvicorn.Server):
     """uvicorn's server, minus the signal it re-raises after a graceful shutdown (exit status 143
-    on SIGTERM): a node that has drained as the signal asked exits with status 0."""
+    on SIGTERM): a node that has drained as the signal asked exits with status 0. Its app's gRPC
+    server drains at the same time as HTTP connections do."""
+
+    def __init__(self, config: uvicorn.Config, app: App, metrics_port: int) -> None:
+        super().__init__(config)
+        self.app = app
+        self.metrics_port = metrics_port
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         for sock in sockets or []:  # NOTE: uvicorn logs its address only for sockets it bound itself
-            log.info("listening on %s", url(sock, self.config.is_ssl))
+            metrics = sock.getsockname()[1] == self.metrics_port
+            log.info(
+                "%s on %s",
+                "metrics (GET /metrics only)" if metrics else "listening",
+                url(sock, self.config.is_ssl),
+            )
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        grpc_stopped = asyncio.ensure_future(self.app.stop_grpc())
+        await super().shutdown(sockets)
+        await grpc_stopped
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -289,13 +332,15 @@ def _restriction(text: str) -> Restriction:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[_LogHandler()]
-    )
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=[_LogHandler()])
     _check_repository(args.repository, args.cache_dir or default_cache_dir())
     if args.load_model and args.model_control_mode != "explicit":
         raise AccessError(
             "--load-model needs --model-control-mode explicit (the other modes load every model)"
+        )
+    if not args.http_port and not args.grpc_port:
+        raise TritonflowError(
+            "--http-port 0 and --grpc-port 0 leave no way to reach the node: give either a port"
         )
     tls = _tls(args.tls_cert, args.tls_key, args.tls_ca)
     fd_limit = raise_open_file_limit()
@@ -315,11 +360,19 @@ def main(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_bytes,
         cache_dir=args.cache_dir,
         max_inflight_bytes=args.max_inflight_bytes,
+        metrics_port=args.metrics_port,
+        shutdown_timeout=args.shutdown_timeout,
+        grpc_tls=_grpc_tls(args.tls_cert, args.tls_key, args.tls_ca) if tls else None,
     )
+    # NOTE: last checks, so no error leaves a port bound; gRPC binds its port itself, held till then
+    http = listen(args.host, args.http_port, BACKLOG) if args.http_port else []
+    held = hold(args.host, args.grpc_port, BACKLOG, "--grpc-port") if args.grpc_port else []
+    metrics = listen(args.host, args.metrics_port, BACKLOG, "--metrics-port") if args.metrics_port else []
+    app = create_app(settings, held)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=args.host,
-        port=args.port,
+        port=args.http_port,
         loop="uvloop",
         http=guarded_protocol(limits),
         ws="none",  # NOTE: no WebSocket API, and an upgraded connection would leave the guarded protocol
@@ -333,7 +386,6 @@ def main(args: argparse.Namespace) -> int:
         log_config=None,  # our logging setup above: one format for uvicorn's lines and ours
         server_header=False,
     )
-    sockets = listen(args.host, args.port, config.backlog)  # NOTE: last check, so no error leaves it bound
-    server = Node(config)
-    server.run(sockets=sockets)
+    server = Node(config, app, args.metrics_port)
+    server.run(sockets=[*http, *metrics])
     return 0 if server.started else 1

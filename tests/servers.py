@@ -30,7 +30,8 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m tritonflow serve` in a subprocess; stopped with SIGTERM, log kept for assertions.
+    """`python -m tritonflow serve` in a subprocess, on free HTTP, gRPC and metrics ports (`url`,
+    `grpc_url`, `metrics_port`); stopped with SIGTERM, log kept for assertions.
     `tls`: the client's context for a node started with --tls-cert: `request` speaks HTTPS then (`client`
     stays plain HTTP: a test of TLS makes its own)."""
 
@@ -38,12 +39,15 @@ class Server:
         self, repository: str | Path, workdir: Path, *args: str, tls: ssl.SSLContext | None = None
     ) -> None:
         self.tls = tls
-        self.port = free_port()
+        self.port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.url = f"127.0.0.1:{self.port}"
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         self.log = workdir / f"server-{self.port}.log"
         command = [
             *(sys.executable, "-m", "tritonflow", "serve", str(repository)),
             *("--port", str(self.port), "--poll-interval", "0.2", "--cache-dir", str(workdir / "cache")),
+            # NOTE: before *args, so a test's own --grpc-port or --metrics-port wins (argparse keeps the last)
+            *("--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port)),
             *args,
         ]
         with self.log.open("wb") as out:

@@ -214,11 +214,11 @@ def test_init_prints_next_steps_that_work_as_root(tmp_path, metaflow_env):
     for step in (
         "python flow.py run",
         "tritonflow serve model_repository",
-        "--port 8001",
+        "--port 8080",
         "python client.py",
     ):
         assert f"{step}" in done.stdout
-    assert "--url 127.0.0.1:8001" in done.stdout
+    assert "--url 127.0.0.1:8080" in done.stdout
     # NOTE: `show` is the cheapest command that needs a user name: refused without it, run with it
     show = [sys.executable, "flow.py", "--no-pylint", "show"]
     refused = subprocess.run(show, cwd=tmp_path / "pack", env=as_root, capture_output=True, text=True)

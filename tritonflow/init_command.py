@@ -63,8 +63,8 @@ def main(args: argparse.Namespace) -> int:
         (f"cd {shlex.quote(str(args.directory))}", ""),
         *([(user, "Metaflow runs as root only with a user name (any but root)")] if user else []),
         ("python flow.py run", "train three candidates, deploy the best to model_repository/"),
-        ("tritonflow serve model_repository", "Triton's HTTP protocol on 127.0.0.1:8000; taken? --port 8001"),
-        ("python client.py", "in another shell: score, trace the answer (--url 127.0.0.1:8001 with --port)"),
+        ("tritonflow serve model_repository", "Triton's HTTP protocol on 127.0.0.1:8000; taken? --port 8080"),
+        ("python client.py", "in another shell: score, trace the answer (--url 127.0.0.1:8080 with --port)"),
     ]
     width = max(len(command) for command, _ in steps)
     print("\nnext:")

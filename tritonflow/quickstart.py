@@ -169,6 +169,7 @@ def _free_port() -> int:
 def _serving(repository: Path, port: int, directory: Path, env: dict[str, str]) -> Iterator[None]:
     log = directory / "serve.log"
     command = [sys.executable, "-m", "tritonflow", "serve", str(repository), "--port", str(port)]
+    command += ["--grpc-port", "0", "--metrics-port", "0"]  # NOTE: the tour speaks HTTP on a free port only
     with log.open("wb") as out:
         # NOTE: in DIR: `-m` imports from the working folder first, and a tritonflow clone's own
         # tritonflow/ folder there is not the installed package.
