@@ -209,13 +209,16 @@ def contenders(
         # NOTE: nothing is published while it runs: a poll an hour apart, an option every version takes.
         options = ["serve", str(repository), "--port", "{port}", "--engine", engine]
         options += ["--poll-interval", "3600"]
-        trees = [("this checkout", ["-m", "tritonflow"])]
+        # NOTE: HTTP only (a source tree from before gRPC has no such flags): nodes side by side
+        # must not all claim gRPC's 8001 and metrics' 8002
+        trees = [("this checkout", ["-m", "tritonflow"], ["--grpc-port", "0", "--metrics-port", "0"])]
         if base is not None:
-            trees.append(("base", ["-c", BASE_LAUNCHER, str(base.resolve())]))
-        for tree, launch in trees:
+            trees.append(("base", ["-c", BASE_LAUNCHER, str(base.resolve())], []))
+        for tree, launch, listeners in trees:
             label = f"{tree}, {engine}"
             log = workdir / f"{label.replace(', ', '-').replace(' ', '_')}.log"
-            found.append(Contender(label, "kserve", model, [sys.executable, *launch, *options], log))
+            command = [sys.executable, *launch, *options, *listeners]
+            found.append(Contender(label, "kserve", model, command, log))
     return found
 
 

@@ -230,6 +230,7 @@ def tritonflow_contender(
 ) -> Contender:
     command = [sys.executable, "-m", "tritonflow", "serve", str(repository), "--port", "{port}"]
     command += ["--engine", engine, "--model-control-mode", "none"]
+    command += ["--grpc-port", "0", "--metrics-port", "0"]  # NOTE: HTTP only: nodes run side by side here
     return Contender(label, "kserve", model, command, workdir / f"{label.replace(' ', '_')}.log")
 
 

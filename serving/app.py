@@ -114,8 +114,11 @@ class App:
     async def _start_grpc(self) -> None:
         """gRPC on the held port, on this event loop, over the same data plane as HTTP."""
         if self._grpc_sockets:
-            handler = Service(self.plane, self.settings.max_request_bytes).handler()
-            self._grpc = await grpc_server.start(handler, self._grpc_sockets, self.settings.grpc_tls)
+            handler = Service(self.plane, self.router.inflight).handler()
+            settings = self.settings
+            self._grpc = await grpc_server.start(
+                handler, self._grpc_sockets, settings.grpc_tls, settings.max_request_bytes
+            )
             self._grpc_sockets.clear()
 
     async def stop_grpc(self) -> None:

@@ -2,8 +2,9 @@
 
 serving/listeners.py hold() keeps the port from the bind check until here, so no other process can
 take it while the models load; gRPC's own sockets join it (SO_REUSEPORT) and the held ones close.
-Message limits are Triton's (2 GiB - 1 both ways); requests are held to --max-request-bytes by the
-service itself, which answers with the limit and the flag that raises it.
+Requests are held to --max-request-bytes by gRPC itself, which refuses a larger message from its
+length prefix (RESOURCE_EXHAUSTED), before buffering any of it: a 300 MB message under Triton's
+2 GiB limit took the process to ~1 GB. Responses may be as large as Triton's limit (2 GiB - 1).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ TLS = tuple[bytes, bytes, bytes | None]  # PEM key, certificate chain, client CA
 
 
 async def start(
-    handler: grpc.GenericRpcHandler, held: Sequence[socket.socket], tls: TLS | None
+    handler: grpc.GenericRpcHandler, held: Sequence[socket.socket], tls: TLS | None, max_request_bytes: int
 ) -> grpc.aio.Server:
     """A started server on the held sockets' addresses, which are closed once gRPC listens there."""
-    limits = ("grpc.max_receive_message_length", "grpc.max_send_message_length")
-    server = grpc.aio.server(options=[(option, GRPC_MESSAGE_LIMIT) for option in limits])
+    limits = [
+        ("grpc.max_receive_message_length", min(max_request_bytes, GRPC_MESSAGE_LIMIT)),
+        ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+    ]
+    server = grpc.aio.server(options=limits)
     server.add_generic_rpc_handlers((handler,))
     # NOTE: --tls-cert secures gRPC too, and --tls-ca requires client certificates there as well
     credentials = (

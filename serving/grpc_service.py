@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import grpc
 from google.protobuf.json_format import ParseDict
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as pb
 
 from tritonflow.serving import grpc_tensors
@@ -23,12 +24,12 @@ from tritonflow.serving.errors import (
     InternalError,
     MalformedRequest,
     ModelNotFound,
-    RequestTooLarge,
     ServerNotReady,
     ServingError,
 )
 from tritonflow.serving.grpc_errors import status_code, trailing_metadata
 from tritonflow.serving.http import check_params
+from tritonflow.serving.limits import InflightBytes
 
 log = logging.getLogger("tritonflow.serving")
 
@@ -42,6 +43,13 @@ def _target(name: str, version: str) -> tuple[str, str | None]:
     """The model and version named by a message, checked as HTTP checks its URL."""
     check_params({"model": name, "version": version})
     return name, version or None
+
+
+def _message(request: Received | ServingError) -> Any:
+    """The parsed message, or the error its parsing or budget raised."""
+    if isinstance(request, ServingError):
+        raise request
+    return request.message
 
 
 def _stamped(context: Context, stamp: dict[str, str]) -> None:
@@ -294,12 +302,22 @@ class Metadata(Mapping[bytes, bytes]):
         return len(self._all())
 
 
-class Service:
-    """The generic handler of the service: checks access and size, runs the handler, maps errors."""
+class Received(NamedTuple):
+    """A parsed request and the bytes it holds of the in-flight budget until it is answered."""
 
-    def __init__(self, plane: DataPlane, max_request_bytes: int) -> None:
+    message: Any
+    size: int
+
+
+class Service:
+    """The generic handler of the service: checks access, budgets request bytes, runs the handler,
+    maps errors. The budget is HTTP's (--max-inflight-bytes): request messages held while they wait
+    or run count against the same limit, whichever transport they came by (gRPC itself refuses a
+    message past --max-request-bytes before buffering it: serving/grpc_server.py)."""
+
+    def __init__(self, plane: DataPlane, inflight: InflightBytes) -> None:
         self.plane = plane
-        self.max_request_bytes = max_request_bytes
+        self.inflight = inflight
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {
@@ -317,32 +335,44 @@ class Service:
         )
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
-    def _parser(self, message: Any) -> Callable[[bytes], Any]:
-        limit = self.max_request_bytes
+    def _parser(self, message: Any) -> Callable[[bytes], Received | ServingError]:
+        inflight = self.inflight
 
-        def parse(data: bytes) -> Any:
-            # NOTE: returned, not raised: an error raised here reaches the client as a bare INTERNAL
-            return RequestTooLarge(len(data), limit) if len(data) > limit else message.FromString(data)
+        def parse(data: bytes) -> Received | ServingError:
+            # NOTE: errors returned, not raised: one raised here reaches the client as a bare INTERNAL
+            try:
+                inflight.take(len(data))
+            except ServingError as exc:
+                return exc
+            try:
+                return Received(message.FromString(data), len(data))
+            except DecodeError:
+                inflight.give(len(data))
+                return MalformedRequest(f"the message is not a valid {message.DESCRIPTOR.name}")
 
         return parse
 
-    def _check(self, group: str, request: Any, context: Context) -> None:
-        if isinstance(request, ServingError):
-            raise request
+    def _access(self, group: str, context: Context) -> None:
         self.plane.access.check(group, Metadata(context))
+
+    def _release(self, request: Received | ServingError) -> None:
+        if isinstance(request, Received):
+            self.inflight.give(request.size)
 
     def _unary(self, name: str, group: str, handler: Handler) -> Callable[[Any, Context], Awaitable[Any]]:
         plane = self.plane
 
-        async def call(request: Any, context: Context) -> Any:
+        async def call(request: Received | ServingError, context: Context) -> Any:
             try:
-                self._check(group, request, context)
-                return await handler(plane, request, context)
+                self._access(group, context)
+                return await handler(plane, _message(request), context)
             except ServingError as exc:
                 await context.abort(status_code(exc), str(exc), trailing_metadata(exc))
             except Exception:
                 log.exception("unexpected error in gRPC %s", name)
                 await context.abort(grpc.StatusCode.INTERNAL, str(InternalError()))
+            finally:
+                self._release(request)
 
         return call
 
@@ -351,17 +381,18 @@ class Service:
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Each request answered as soon as it is done (several run at once); clients match them by id."""
         try:
-            self._check("inference", None, context)
+            self._access("inference", context)
         except ServingError as exc:
             await context.abort(status_code(exc), str(exc))
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         # NOTE: the stream is read no further while this many run: gRPC's flow control holds the client
         slots = asyncio.Semaphore(STREAM_IN_FLIGHT)
 
-        async def answer(request: Any) -> None:
+        async def answer(request: Received | ServingError) -> None:
             try:
                 await answers.put(await self._stream_answer(request))
             finally:
+                self._release(request)
                 slots.release()
 
         async def read() -> None:
@@ -380,10 +411,10 @@ class Service:
         finally:
             reader.cancel()
 
-    async def _stream_answer(self, request: Any) -> pb.ModelStreamInferResponse:
+    async def _stream_answer(self, received: Received | ServingError) -> pb.ModelStreamInferResponse:
+        request = None
         try:
-            if isinstance(request, ServingError):
-                raise request
+            request = _message(received)
             decoded = grpc_tensors.decode_request(request, self.plane.shared_memory.read)
             response = await self.plane.infer(*_target(request.model_name, request.model_version), decoded)
             return pb.ModelStreamInferResponse(infer_response=grpc_tensors.encode_response(response, decoded))

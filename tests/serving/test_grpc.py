@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import socket
 import ssl
+import time
 from typing import Any
 
 import grpc
@@ -35,6 +37,7 @@ def server(serve_module: Any, tmp_path_factory: pytest.TempPathFactory) -> Serve
         *("--model-control-mode", "explicit", "--load-model", "*"),
         *("--restrict", f"model-repository:{ADMIN[0]}={ADMIN[1]}"),
         *("--max-request-bytes", str(MAX_REQUEST_BYTES)),
+        *("--max-inflight-bytes", str(MAX_REQUEST_BYTES)),  # NOTE: one request of the largest size
     )
 
 
@@ -197,7 +200,8 @@ BAD = {
     "too large": (
         lambda x: (MODEL, [fp32(rows(200))], None),
         "RESOURCE_EXHAUSTED",
-        f"over the limit of {MAX_REQUEST_BYTES} bytes",
+        # NOTE: gRPC's own refusal, from the message's length prefix: nothing of it is buffered
+        f"Received message larger than max (6444 vs. {MAX_REQUEST_BYTES})",
     ),
 }
 
@@ -404,3 +408,30 @@ def test_sigterm_drains_grpc_before_the_models_unload(
     log = server.log_text()
     assert "Traceback" not in log
     assert log.index("gRPC stopped") < log.index(f"unloaded {MODEL}:1"), log
+
+
+def test_grpc_requests_share_the_in_flight_budget_with_http(server: Server, client: Any) -> None:
+    """A stalled HTTP upload that claimed the whole --max-inflight-bytes: a gRPC request does not fit
+    beside it (UNAVAILABLE, retry) until the upload is gone; then it is answered."""
+    upload = socket.create_connection(("127.0.0.1", server.port))
+    head = f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_REQUEST_BYTES}\r\n\r\n"
+    upload.sendall(head.encode() + b"{")
+    try:
+        error = eventually(lambda: failure(lambda: client.infer(MODEL, [fp32(rows(2))])))
+        assert error.status() == "StatusCode.UNAVAILABLE" and "--max-inflight-bytes" in error.message()
+    finally:
+        upload.close()
+    answer = eventually(lambda: client.infer(MODEL, [fp32(rows(2))]))
+    np.testing.assert_allclose(answer.as_numpy("output__0"), forest().proba(rows(2)), atol=PROBA_ATOL)
+
+
+def eventually(call: Any, timeout: float = 10.0) -> Any:
+    """call's result once it stops raising (the node sees a connection's state a moment later)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except (AssertionError, InferenceServerException, pytest.fail.Exception):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
