@@ -175,8 +175,8 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_INFLIGHT_BYTES,
         metavar="N",
         help="bytes of request bodies held at once, all connections and gRPC messages together; a request "
-        "past it gets 503 with Retry-After, its body unread (gRPC: UNAVAILABLE). JSON bodies take about 4x this in memory at peak (their numbers "
-        "decoded to Python floats) (default: %(default)s)",
+        "past it gets 503 with Retry-After, its body unread (gRPC: UNAVAILABLE). JSON bodies take about 4x "
+        "this in memory at peak (their numbers decoded to Python floats) (default: %(default)s)",
     )
     group.add_argument(
         "--max-connections",
