@@ -140,3 +140,19 @@ def test_store_keys_gc_quick(tmp_path: Path) -> None:
     assert figures["removals"] == 4 * figures["models"], "one killed deploy's four leftovers per model"
     assert figures["published_versions"] > figures["models"] > 0 and figures["files_after"] > 0
     assert figures["plan_s"] >= 0 and figures["apply_s"] >= 0
+
+
+def test_wire_quick_without_triton(tmp_path: Path) -> None:
+    run(BENCHMARKS / "wire.py", "--quick", "--no-triton", "--out", str(tmp_path), cwd=tmp_path)
+    report = json.loads((tmp_path / "wire.json").read_text())
+    result = report["result"]
+    assert set(result["single_row"]) == set(result["in_flight"]) == {"tritonflow http", "tritonflow grpc"}
+    for row in result["single_row"].values():
+        assert row["live_p50_ms"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"]
+    assert all(row["requests_per_s"] > 0 for row in result["in_flight"].values())
+    big = {(row["endpoint"], row["shared_memory"]) for row in result["big"]}
+    assert big == {(e, shm) for e in ("tritonflow http", "tritonflow grpc") for shm in (False, True)}
+    assert all(row["agreement"] == 1.0 for row in result["big"]), "every transport answers the model"
+    assert [t["target"] for t in result["targets"]][0].startswith("node gRPC 1-row p50 / node HTTP")
+    assert report["skipped"] == {"Triton": "--no-triton"}
+    assert "| tritonflow grpc |" in (tmp_path / "wire.md").read_text()
