@@ -252,10 +252,7 @@ class ModelRepository:
         before anything is written, and raises to stop the publish. `model_files` (a labels file) go
         beside config.pbtxt, before it: a config never names a file that is not there yet."""
         key = layout.config_key(model)
-        try:
-            current: bytes | None = self.store.read(key)
-        except NotFound:
-            current = None
+        current = self._read_or_none(key)
         if current is not None and check_current is not None:
             check_current(current.decode())
         version = self.claim_version(model, owner)
@@ -264,7 +261,9 @@ class ModelRepository:
             if value:
                 self.store.write(layout.index_key(model, index, value, version), b"")
         for name, data in (model_files or {}).items():
-            self.store.write(f"{model}/{name}", data)
+            # NOTE: rewritten only when it changed: a rewrite is a change to every node that watches it
+            if self._read_or_none(f"{model}/{name}") != data:
+                self.store.write(f"{model}/{name}", data)
         config = config_text.encode()
         if current != config:
             self.store.write(key, config)
@@ -274,6 +273,13 @@ class ModelRepository:
             last=layout.RECORD,
         )
         return record
+
+
+    def _read_or_none(self, key: str) -> bytes | None:
+        try:
+            return self.store.read(key)
+        except NotFound:
+            return None
 
 
 def _suggest(command: str, given: str, *parts: str) -> str:

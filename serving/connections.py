@@ -33,7 +33,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.server import ServerState
 
 from tritonflow.lineage.errors import TritonflowError
-from tritonflow.serving.errors import ServingError, render
+from tritonflow.serving.errors import RequestTimeout, ServingError, ShuttingDown, TooManyConnections, render
 
 log = logging.getLogger("tritonflow.serving")
 
@@ -45,38 +45,6 @@ DEFAULT_MAX_CONNECTIONS = 4096
 # Descriptors kept for everything but client connections: model files, S3 sockets, the log, the
 # listening socket, the event loop's own, worker threads' pipes.
 RESERVED_FDS = 256
-
-
-class TooManyConnections(ServingError):
-    status = 503
-    retry_after = 1
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            f"the server has its limit of {limit} connections open (--max-connections): retry shortly, "
-            "reuse connections (keep-alive) or spread the load over more servers"
-        )
-
-
-class ShuttingDown(ServingError):
-    status = 503
-    retry_after = 1
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(
-            f"the server is shutting down and its {seconds:g} s for requests in progress "
-            "(--shutdown-timeout) are over: send the request again, to another server"
-        )
-
-
-class RequestTimeout(ServingError):
-    status = 408
-
-    def __init__(self, part: str, seconds: float, flag: str) -> None:
-        super().__init__(
-            f"the request's {part} did not arrive within {seconds:g} s ({flag}): send the whole "
-            "request without pausing, or ask the operator for a longer timeout"
-        )
 
 
 @dataclass(frozen=True)

@@ -221,6 +221,50 @@ class InternalError(ServingError):
         super().__init__("internal server error (the server log has the traceback)")
 
 
+class InflightBytesExceeded(ServingError):
+    status = 503
+    retry_after = 1
+
+    def __init__(self, size: int, held: int, limit: int) -> None:
+        super().__init__(
+            f"a request body of {size} bytes does not fit beside the {held} bytes of bodies in flight: "
+            f"the server holds at most {limit} (--max-inflight-bytes): retry shortly, send smaller "
+            "batches, or start the server with a larger --max-inflight-bytes"
+        )
+
+
+class TooManyConnections(ServingError):
+    status = 503
+    retry_after = 1
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"the server has its limit of {limit} connections open (--max-connections): retry shortly, "
+            "reuse connections (keep-alive) or spread the load over more servers"
+        )
+
+
+class ShuttingDown(ServingError):
+    status = 503
+    retry_after = 1
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"the server is shutting down and its {seconds:g} s for requests in progress "
+            "(--shutdown-timeout) are over: send the request again, to another server"
+        )
+
+
+class RequestTimeout(ServingError):
+    status = 408
+
+    def __init__(self, part: str, seconds: float, flag: str) -> None:
+        super().__init__(
+            f"the request's {part} did not arrive within {seconds:g} s ({flag}): send the whole "
+            "request without pausing, or ask the operator for a longer timeout"
+        )
+
+
 def render(exc: ServingError) -> tuple[int, bytes, Headers]:
     """The one translation of an error into a Triton-style `{"error": ...}` response."""
     body: dict[str, str] = {"error": str(exc)}

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from tritonflow.lineage.errors import TritonflowError
-from tritonflow.serving.errors import ServingError
+from tritonflow.serving.errors import InflightBytesExceeded
 
 DEFAULT_MAX_INFLIGHT_BYTES = 128 * 1024 * 1024  # two bodies of the largest size (--max-request-bytes)
 # After a claim this large is given back, freed heap pages go back to the system (see trim_heap).
@@ -24,18 +24,6 @@ TRIM_BYTES = 16 * 1024 * 1024
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
-
-
-class InflightBytesExceeded(ServingError):
-    status = 503
-    retry_after = 1
-
-    def __init__(self, size: int, held: int, limit: int) -> None:
-        super().__init__(
-            f"a request body of {size} bytes does not fit beside the {held} bytes of bodies in flight: "
-            f"the server holds at most {limit} (--max-inflight-bytes): retry shortly, send smaller "
-            "batches, or start the server with a larger --max-inflight-bytes"
-        )
 
 
 def is_encoded(encoding: bytes) -> bool:

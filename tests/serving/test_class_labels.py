@@ -93,6 +93,16 @@ def test_numeric_classes_are_written_as_text(tmp_path: Path) -> None:
     assert ModelRepository(tmp_path).read_record("binary", 1).model["classes"] == [0, 1]
 
 
+def test_a_second_deploy_leaves_the_labels_file_and_config_untouched(tmp_path: Path) -> None:
+    """Unchanged bytes are not rewritten: a rewrite is a change to every node watching the folder."""
+    publish(tmp_path, "again", *classifier(CLASSES), "5")
+    repo = ModelRepository(tmp_path)
+    before = {key: repo.store.fingerprint(f"again/{key}") for key in ("labels.txt", "config.pbtxt")}
+    publish(tmp_path, "again", *classifier(CLASSES), "6")
+    assert sorted(repo.versions("again")) == [1, 2]
+    assert {key: repo.store.fingerprint(f"again/{key}") for key in before} == before
+
+
 def test_a_regressor_has_no_labels(repo: Path) -> None:
     assert not (repo / "price" / "labels.txt").exists()
     (output,) = parse_config((repo / "price" / "config.pbtxt").read_text()).output
