@@ -25,7 +25,7 @@ from tritonflow.serving.access import Access, Restriction
 from tritonflow.serving.batcher import Traffic
 from tritonflow.serving.connections import DEFAULT_SHUTDOWN_TIMEOUT
 from tritonflow.serving.dataplane import DataPlane
-from tritonflow.serving.grpc_service import Service
+from tritonflow.serving.grpc_calls import Service
 from tritonflow.serving.http import Receive, Router, Scope, Send
 from tritonflow.serving.limits import DEFAULT_MAX_INFLIGHT_BYTES
 from tritonflow.serving.loading import Loader, LoadSettings

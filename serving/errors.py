@@ -49,6 +49,16 @@ class Unsupported(ServingError):
         super().__init__(f"{feature} is not supported by this server" + (f": {instead}" if instead else ""))
 
 
+class RepositoryNameUnsupported(ServingError):
+    status = 501  # NOTE: Triton's UNSUPPORTED (gRPC UNIMPLEMENTED), its text, which clients match
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"'repository_name' specification is not supported: the node serves one repository, got "
+            f"{name[:100]!r}: leave repository_name empty"
+        )
+
+
 class RequestTooLarge(ServingError):
     status = 413
 

@@ -170,10 +170,11 @@ def _raw(array: np.ndarray) -> memoryview:
 def _open(key: str) -> int:
     """The shared memory object of a key: a plain name in /dev/shm, never a path elsewhere."""
     plain = key.removeprefix("/")
-    if not plain or "/" in plain or plain in (".", ".."):
+    # NOTE: printable: os.open raises ValueError on a NUL or a lone surrogate (JSON can hold one)
+    if not plain or "/" in plain or not plain.isprintable() or plain in (".", ".."):
         raise BadRegion(
-            f"shared memory key {key!r} is not a POSIX shared memory name: expected '/name' (one name, no "
-            "other slash), as given to shm_open"
+            f"shared memory key {key!r} is not a POSIX shared memory name: expected '/name' (one printable "
+            "name, no other slash), as given to shm_open"
         )
     try:
         # NOTE: O_NOFOLLOW: a symlink in /dev/shm must not open a file elsewhere
