@@ -274,7 +274,6 @@ class ModelRepository:
         )
         return record
 
-
     def _read_or_none(self, key: str) -> bytes | None:
         try:
             return self.store.read(key)
