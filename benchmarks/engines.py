@@ -38,7 +38,7 @@ from tritonflow.serving.backends import load_backend
 from tritonflow.serving.backends.base import Backend
 from tritonflow.serving.backends.forest import cuda_device_count, nvforest_or_reason
 from tritonflow.serving.model_config import ModelConfig, build_config
-from tritonflow.serving.releases import NEWEST_TRITON
+from tritonflow.serving.triton_releases import NEWEST_TRITON
 
 N_FEATURES = 30
 BATCHES = (1, 16, 256, 1024, 16384, 65536)

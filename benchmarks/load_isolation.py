@@ -33,7 +33,7 @@ from machine import RESULTS, write_result
 
 from tritonflow.plugin.exporters import config_spec, export_model
 from tritonflow.serving.model_config import build_config, render
-from tritonflow.serving.releases import NEWEST_TRITON
+from tritonflow.serving.triton_releases import NEWEST_TRITON
 
 ENGINE = "auto"  # what `tritonflow serve` uses unless told otherwise
 

@@ -3,7 +3,8 @@
 `<model>/config.pbtxt`, `<model>/<version>/<model file>`, `<model>/<version>/deployment.json`.
 Version claims live in `<model>/.versions/<version>`; indexes list the versions each Metaflow task
 and run published, `<model>/.tasks/<digest of the task pathspec>/<version>` and
-`<model>/.runs/<digest of flow/run_id>/<version>`. Triton ignores these non-numeric folders.
+`<model>/.runs/<digest of flow/run_id>/<version>`. Release decisions (champion, history) are an
+append-only log of events `<model>/.releases/<seq:08d>.json`. Triton ignores these non-numeric folders.
 """
 
 import hashlib
@@ -16,9 +17,11 @@ RECORD = "deployment.json"
 CLAIMS = ".versions"
 TASKS = ".tasks"
 RUNS = ".runs"
+RELEASES = ".releases"
 # Triton versions are int64: at most 19 digits (a longer one is no version, not a 500 from int()).
 _VERSION_RE = re.compile(r"[1-9][0-9]{0,18}")
 _MAX_VERSION = 2**63 - 1
+_RELEASE_RE = re.compile(r"([0-9]{8,18})\.json")
 
 
 def config_key(model: str) -> str:
@@ -35,6 +38,21 @@ def record_key(model: str, version: int) -> str:
 
 def claim_key(model: str, version: int) -> str:
     return f"{model}/{CLAIMS}/{version}"
+
+
+def releases_prefix(model: str) -> str:
+    return f"{model}/{RELEASES}"
+
+
+def release_key(model: str, seq: int) -> str:
+    # NOTE: zero-padded so a listing sorts by sequence; a longer number still parses (parse_release)
+    return f"{model}/{RELEASES}/{seq:08d}.json"
+
+
+def parse_release(name: str) -> int | None:
+    """A release event's sequence number from its file name, or None for anything else."""
+    match = _RELEASE_RE.fullmatch(name)
+    return int(match[1]) if match else None
 
 
 def index_prefix(model: str, index: str, value: str) -> str:

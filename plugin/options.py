@@ -17,7 +17,7 @@ from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.ids import check_model_name
 from tritonflow.lineage.repository import REPOSITORY_ENV, default_repository
 from tritonflow.lineage.store import open_store
-from tritonflow.serving.releases import NEWEST_TRITON, parse_triton_version
+from tritonflow.serving.triton_releases import NEWEST_TRITON, parse_triton_version
 
 FORMATS = ("auto", "treelite", "onnx")
 INSTANCE_KINDS = ("cpu", "gpu")

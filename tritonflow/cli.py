@@ -18,7 +18,8 @@ import sys
 from tritonflow import __version__
 from tritonflow.lineage.errors import TritonflowError
 
-# name -> (module exposing add_arguments(parser) and main(args) -> int, one-line help)
+# name -> (module exposing add_arguments(parser) and main(args) -> int, or "module:object" for an
+# object of the module that does, one-line help)
 COMMANDS = {
     "quickstart": (
         "tritonflow.quickstart",
@@ -32,6 +33,12 @@ COMMANDS = {
         "tritonflow.lineage_command",
         "trace a deployment ID, a saved response or a run to its lineage",
     ),
+    "releases": (
+        "tritonflow.releases_command:releases",
+        "a model's versions, which one is champion, and the history of release decisions",
+    ),
+    "promote": ("tritonflow.releases_command:promote", "make MODEL:VERSION the champion, with a reason"),
+    "rollback": ("tritonflow.releases_command:rollback", "make the previous champion champion again"),
     "check-config": ("tritonflow.serving.check_command", "validate config.pbtxt files (Triton schema + FIL)"),
     "triton-backends": ("tritonflow.serving.triton_backends_command", "a backend dir for Triton without FIL"),
 }
@@ -47,7 +54,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         if only == name:  # NOTE: import only the chosen command's layer
-            module = importlib.import_module(module_name)
+            path, _, attribute = module_name.partition(":")
+            module = importlib.import_module(path)
+            module = getattr(module, attribute) if attribute else module
             module.add_arguments(command)
             command.set_defaults(handler=module.main, command_parser=command)
     return parser

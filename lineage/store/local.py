@@ -112,12 +112,18 @@ class LocalStore(Store):
         path = self._path(key)
         with _failing_as("create", path):
             path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                with os.fdopen(fd, "wb") as f:
+                    os.fchmod(f.fileno(), 0o644)
+                    f.write(data)
+                # NOTE: link, not O_EXCL on the target: a reader that loses the race reads the whole
+                # file, never the empty one an exclusive open shows until its write lands
+                os.link(tmp, path)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
             return True
 
     def walk(self, prefix: str) -> list[StoredFile]:

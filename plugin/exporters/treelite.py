@@ -12,7 +12,7 @@ from typing import Any
 from tritonflow.plugin.exporters.base import INPUT, OUTPUT, Export, Exporter, ExportError, brief
 from tritonflow.plugin.exporters.native import NativeModel
 from tritonflow.serving.model_config import FIL_MODEL_FILES, TensorSpec
-from tritonflow.serving.releases import classifier_key
+from tritonflow.serving.triton_releases import classifier_key
 
 MODEL_TYPE = "treelite_checkpoint"
 MODEL_FILE = FIL_MODEL_FILES[MODEL_TYPE]  # the file FIL reads for that model_type

@@ -21,7 +21,7 @@ from tritonflow.lineage.errors import TritonflowError
 from tritonflow.plugin.exporters import export_model
 from tritonflow.plugin.options import parse_options
 from tritonflow.plugin.publish import Provenance, deploy
-from tritonflow.serving.releases import NEWEST_TRITON
+from tritonflow.serving.triton_releases import NEWEST_TRITON
 
 X = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
 Y = (X[:, 0] + X[:, 1] > 0).astype(int)

@@ -18,8 +18,8 @@ from tritonflow.serving.model_config import (
     signature,
     to_json,
 )
-from tritonflow.serving.releases import classifier_key
 from tritonflow.serving.served_config import as_served
+from tritonflow.serving.triton_releases import classifier_key
 
 
 def fil_spec(**changes):

@@ -1,0 +1,229 @@
+"""The release state of a model: which published version is champion, and the history of decisions.
+
+The state is an append-only log of events in the repository beside the model,
+`<model>/.releases/<seq:08d>.json`, each written create-if-absent (a hard link of a complete temp
+file locally, If-None-Match on S3). Two promotions at once race for the same sequence number: one
+wins, the other re-reads and fails with a conflict naming the winner; no event is ever half-written
+or overwritten. The current state is the fold of the events. config.pbtxt carries the effect
+(`version_policy: specific`), so stock Triton obeys the champion too; the event is written first
+(the decision), then the config (its effect), and every later command rewrites the config from the
+state, repairing a crash between.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from tritonflow.lineage import layout
+from tritonflow.lineage.errors import NotFound, RepositoryError, TritonflowError
+from tritonflow.lineage.ids import check_model_name
+from tritonflow.lineage.records import utc_now
+from tritonflow.lineage.repository import ModelRepository
+
+SCHEMA = "tritonflow.release/v1"
+Kind = Literal["promote", "rollback"]
+# (config.pbtxt text, champion) -> the text serving exactly the champion: serving/release_policy.py's
+# champion_config, passed in because lineage never imports serving
+ConfigPolicy = Callable[[str, int], str]
+
+
+class ReleaseError(TritonflowError):
+    """A release decision that cannot be made as asked; nothing was written."""
+
+
+class ReleaseConflict(ReleaseError):
+    """Another command changed the model's release state between our read and our write."""
+
+
+@dataclass(frozen=True)
+class ReleaseEvent:
+    seq: int
+    kind: Kind
+    version: int  # the champion after this event
+    previous: int | None  # the champion before it (None: the first decision)
+    who: str
+    when: str  # ISO 8601 UTC, as records.utc_now writes it
+    reason: str
+    evaluation: dict[str, Any] | None = None  # the scores that justified it, when there are any
+    schema: str = SCHEMA
+
+    def to_json(self) -> bytes:
+        return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, where: str) -> ReleaseEvent:
+        try:
+            data = json.loads(raw)
+            event = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        except (ValueError, TypeError) as exc:
+            raise RepositoryError(f"{where} is not a release event: {exc}") from None
+        valid = (
+            event.kind in ("promote", "rollback")
+            and _is_version(event.version)
+            and (event.previous is None or _is_version(event.previous))
+        )
+        if not valid:
+            raise RepositoryError(f"{where} is not a release event: bad kind, version or previous")
+        return event
+
+    def describe(self) -> str:
+        """'v4 was promoted by alice at 2026-12-02T06:00:00.000Z ("beats v3")'."""
+        done = (
+            f"v{self.version} was promoted"
+            if self.kind == "promote"
+            else f"v{self.previous} was rolled back to v{self.version}"
+        )
+        return f"{done} by {self.who} at {self.when}" + (f" ({self.reason!r})" if self.reason else "")
+
+
+@dataclass(frozen=True)
+class ReleaseState:
+    model: str
+    events: list[ReleaseEvent] = field(default_factory=list)
+
+    @property
+    def champions(self) -> list[int]:
+        """The champions in the order they took over, the current one last: a promotion pushes, a
+        rollback pops (so rolling back twice goes two decisions back, not back and forth)."""
+        stack: list[int] = []
+        for event in self.events:
+            if event.kind == "rollback" and len(stack) > 1 and stack[-2] == event.version:
+                stack.pop()
+            else:
+                stack.append(event.version)
+        return stack
+
+    @property
+    def champion(self) -> int | None:
+        return self.champions[-1] if self.events else None
+
+    @property
+    def next_seq(self) -> int:
+        return self.events[-1].seq + 1 if self.events else 1
+
+
+def who() -> str:
+    """The user a decision is recorded for: METAFLOW_USER (as Metaflow records runs), else the login."""
+    try:
+        return os.environ.get("METAFLOW_USER") or getpass.getuser()
+    except (KeyError, OSError):  # NOTE: getpass fails in containers with no passwd entry and no $USER
+        return "unknown"
+
+
+def read_state(repository: ModelRepository, model: str) -> ReleaseState:
+    """The model's events in order; a gap or a file that is no event is a RepositoryError."""
+    check_model_name(model)
+    repository.read_config(model)  # NOTE: a mistyped model says so, rather than "no decisions yet"
+    prefix = layout.releases_prefix(model)
+    seqs = sorted(s for name in repository.store.list(prefix) if (s := layout.parse_release(name)))
+    events = []
+    for expected, seq in enumerate(seqs, start=1):
+        key = layout.release_key(model, seq)
+        where = f"{repository.uri}/{key}"
+        event = ReleaseEvent.from_json(repository.store.read(key), where)
+        if seq != expected or event.seq != seq:
+            raise RepositoryError(
+                f"{where} breaks the release history of {model!r} (expected event {expected}): "
+                "restore the missing or renamed event files, or remove the .releases folder to start over"
+            )
+        events.append(event)
+    return ReleaseState(model, events)
+
+
+def promote(
+    repository: ModelRepository,
+    model: str,
+    version: int,
+    policy: ConfigPolicy,
+    *,
+    reason: str = "",
+    evaluation: dict[str, Any] | None = None,
+) -> tuple[ReleaseState, ReleaseEvent | None]:
+    """Make `version` the champion. None as the event: it already was (the config is repaired)."""
+    state = read_state(repository, model)
+    _check_published(repository, model, version)
+    if state.champion == version:
+        apply_state(repository, state, policy)
+        return state, None
+    return _append(repository, state, "promote", version, policy, reason, evaluation)
+
+
+def rollback(
+    repository: ModelRepository, model: str, policy: ConfigPolicy, *, reason: str = ""
+) -> tuple[ReleaseState, ReleaseEvent]:
+    """Make the champion before the current one champion again."""
+    state = read_state(repository, model)
+    champions = state.champions
+    if len(champions) < 2:
+        now = f"v{champions[-1]} is the first champion" if champions else "no version was promoted yet"
+        raise ReleaseError(
+            f"{model!r} has no previous champion to roll back to ({now}): "
+            f"promote a version instead (`tritonflow promote {repository.given} {model}:VERSION "
+            "--reason ...`)"
+        )
+    target = champions[-2]
+    _check_published(repository, model, target)
+    return _append(repository, state, "rollback", target, policy, reason, None)
+
+
+def apply_state(repository: ModelRepository, state: ReleaseState, policy: ConfigPolicy) -> bool:
+    """Rewrite config.pbtxt so that it serves exactly the champion; True when it changed."""
+    if state.champion is None:
+        return False
+    text = repository.read_config(state.model)
+    wanted = policy(text, state.champion)
+    if wanted == text:
+        return False
+    repository.store.write(layout.config_key(state.model), wanted.encode())
+    return True
+
+
+def _append(
+    repository: ModelRepository,
+    state: ReleaseState,
+    kind: Kind,
+    version: int,
+    policy: ConfigPolicy,
+    reason: str,
+    evaluation: dict[str, Any] | None,
+) -> tuple[ReleaseState, ReleaseEvent]:
+    """Write the next event (or lose the race for its number: a conflict), then the config."""
+    current = repository.read_config(state.model)
+    policy(current, version)  # NOTE: a config that cannot serve the version refuses before the event
+    event = ReleaseEvent(state.next_seq, kind, version, state.champion, who(), utc_now(), reason, evaluation)
+    if not repository.store.create(layout.release_key(state.model, event.seq), event.to_json()):
+        winner = read_state(repository, state.model).events[event.seq - 1]
+        verb = "promoted" if kind == "promote" else "rolled back"
+        raise ReleaseConflict(
+            f"model {state.model!r} changed while you {verb}: {winner.describe()}; "
+            "nothing of yours was written: run the command again"
+        )
+    new_state = ReleaseState(state.model, [*state.events, event])
+    apply_state(repository, new_state, policy)
+    return new_state, event
+
+
+def _check_published(repository: ModelRepository, model: str, version: int) -> None:
+    """Refuse a version without a readable deployment record (unpublished, unfinished, damaged)."""
+    if version in repository.version_numbers(model) and version not in repository.versions(model):
+        raise ReleaseError(
+            f"cannot make {model}:{version} champion: it is not published (its folder has no "
+            f"{layout.RECORD}: a deploy still under way or killed); published: {repository.versions(model)}"
+        )
+    try:
+        repository.read_record(model, version)
+    except NotFound as exc:
+        raise ReleaseError(f"cannot make {model}:{version} champion: {exc}") from None
+    except RepositoryError as exc:
+        raise ReleaseError(
+            f"cannot make {model}:{version} champion, its record does not read: {exc}"
+        ) from None
+
+
+def _is_version(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -1,0 +1,166 @@
+"""`tritonflow releases | promote | rollback`: read and change which version of a model is champion.
+
+It joins the release log (lineage/releases.py) with config.pbtxt's version_policy (serving), so it
+lives with the command line, like `tritonflow lineage`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tritonflow.lineage import releases as release_log
+from tritonflow.lineage.errors import TritonflowError
+from tritonflow.lineage.ids import DeploymentId
+from tritonflow.lineage.repository import ModelRepository
+from tritonflow.serving.model_config import parse_config, served_versions
+from tritonflow.serving.release_policy import champion_config
+
+JSON_SCHEMA = "tritonflow.releases/v1"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand's parser setup and body, for the dispatcher's "module:object" entries."""
+
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    main: Callable[[argparse.Namespace], int]
+
+
+def _repository_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("repository", help="local path or s3://bucket/prefix")
+
+
+# -- tritonflow releases -----------------------------------------------------------------------------
+def _releases_arguments(parser: argparse.ArgumentParser) -> None:
+    _repository_argument(parser)
+    parser.add_argument("model", help="the model's name")
+    parser.add_argument(
+        "--json", action="store_true", help=f"print the documented JSON (schema {JSON_SCHEMA})"
+    )
+
+
+def _releases(args: argparse.Namespace) -> int:
+    repository = _open(args.repository, f"tritonflow releases {{}} {args.model}")
+    document = describe(repository, args.model)
+    if args.json:
+        print(json.dumps(document, indent=2, sort_keys=True))
+        return 0
+    rows = [
+        {k: str(v.get(k) or "") for k in ("version", "role", "deployment_id", "run")}
+        for v in document["versions"]
+    ]
+    header = {k: k.upper().replace("_", " ") for k in ("version", "role", "deployment_id", "run")}
+    widths = {k: max(len(r[k]) for r in [header, *rows]) for k in header}
+    for row in [header, *rows]:
+        print("  ".join(row[k].ljust(widths[k]) for k in header).rstrip())
+    if document["drift"]:
+        print(f"warning: {document['drift']}")
+    print("history:" if document["history"] else "history: no release decisions yet (version_policy decides)")
+    for e in document["history"]:
+        evaluation = f"  evaluation {json.dumps(e['evaluation'])}" if e["evaluation"] else ""
+        reason = f"  {e['reason']!r}" if e["reason"] else ""
+        change = f"{_version(e['previous'])} -> v{e['version']}"
+        print(f"  {e['seq']:>4}  {e['when']}  {e['kind']:8}  {change}  by {e['who']}{reason}{evaluation}")
+    return 0
+
+
+def describe(repository: ModelRepository, model: str) -> dict[str, Any]:
+    """The model's versions with their role, the champion, and the history: `releases --json`."""
+    state = release_log.read_state(repository, model)
+    config = parse_config(repository.read_config(model))
+    entries = {e.version: e for e in repository.entries() if e.model == model}
+    served = served_versions(config, [v for v, e in entries.items() if e.record])
+    versions = []
+    for version, entry in sorted(entries.items()):
+        if entry.record is None:
+            role = "unfinished"
+        elif state.champion is not None:
+            role = "champion" if version == state.champion else "challenger"
+        else:  # NOTE: no decision yet: config.pbtxt's version_policy (latest 1 as @deploy writes it) serves
+            role = "serving" if version in served else "challenger"
+        record = entry.record
+        versions.append(
+            {
+                "version": version,
+                "role": role,
+                "deployment_id": record.deployment_id if record else None,
+                "run": record.run_pathspec if record else None,
+                "created_at": record.created_at if record else None,
+            }
+        )
+    drift = None
+    if state.champion is not None and served != [state.champion]:
+        drift = (
+            f"config.pbtxt serves {served or 'nothing'}, not the champion v{state.champion} (a command was "
+            f"interrupted): `tritonflow promote {repository.given} {model}:{state.champion}` repairs it"
+        )
+    return {
+        "schema": JSON_SCHEMA,
+        "repository": repository.uri,
+        "model": model,
+        "champion": state.champion,
+        "versions": versions,
+        "history": [asdict(event) for event in state.events],
+        "drift": drift,
+    }
+
+
+# -- tritonflow promote / rollback -------------------------------------------------------------------
+def _promote_arguments(parser: argparse.ArgumentParser) -> None:
+    _repository_argument(parser)
+    parser.add_argument("target", metavar="MODEL:VERSION", help="the version to make champion")
+    parser.add_argument("--reason", required=True, help="why: kept in the history, shown by releases/lineage")
+
+
+def _promote(args: argparse.Namespace) -> int:
+    did = DeploymentId.parse(args.target)
+    if not did.is_short:
+        raise TritonflowError(f"give MODEL:VERSION, not a full deployment ID: {did.short}")
+    repository = _open(args.repository, f"tritonflow promote {{}} {args.target} --reason ...")
+    state, event = release_log.promote(
+        repository, did.model, did.version, _policy(repository), reason=args.reason
+    )
+    if event is None:
+        print(f"{did.short} is already the champion in {repository.uri}; config.pbtxt serves it")
+    else:
+        print(f"{did.short} is now the champion in {repository.uri} (was {_version(event.previous)})")
+    return 0
+
+
+def _rollback_arguments(parser: argparse.ArgumentParser) -> None:
+    _repository_argument(parser)
+    parser.add_argument("model", help="the model's name")
+    parser.add_argument("--reason", default="", help="why: kept in the history")
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    repository = _open(args.repository, f"tritonflow rollback {{}} {args.model}")
+    _, event = release_log.rollback(repository, args.model, _policy(repository), reason=args.reason)
+    print(
+        f"{args.model}:{event.version} is the champion again in {repository.uri} "
+        f"(rolled back from {_version(event.previous)})"
+    )
+    return 0
+
+
+def _open(uri: str, command: str) -> ModelRepository:
+    repository = ModelRepository(uri)
+    repository.check_layout(command)  # NOTE: a model folder given as the repository says so
+    return repository
+
+
+def _policy(repository: ModelRepository) -> release_log.ConfigPolicy:
+    return lambda text, champion: champion_config(text, champion, f"{repository.uri} config.pbtxt")
+
+
+def _version(version: int | None) -> str:
+    return f"v{version}" if version is not None else "no champion"
+
+
+releases = Command(_releases_arguments, _releases)
+promote = Command(_promote_arguments, _promote)
+rollback = Command(_rollback_arguments, _rollback)
