@@ -56,6 +56,7 @@ class DeploymentRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)  # class, library, hyperparameters
     selection: dict[str, Any] | None = None  # rule, winner, candidates
+    release: dict[str, Any] | None = None  # @deploy(promote=...)'s decision and the scores behind it
     schema: str = SCHEMA
 
     @property

@@ -50,6 +50,13 @@ class DeployDecorator(StepDecorator):
         Artifact with sample input rows (numpy or pandas): the signature and the parity gate.
     metrics : str, optional
         Artifact with a dict of metrics to record.
+    promote : str, default "always"
+        "always" (the new version becomes champion), "never" (published as a challenger; the first
+        version of a model is still promoted) or "if_better:<metric>" (roc_auc, average_precision,
+        log_loss, accuracy, f1, rmse, mae, r2): promoted only if it scores strictly better than the
+        champion on `sample` and `labels`.
+    labels : str, optional
+        Artifact with one label per row of `sample` (promote="if_better:...").
     instance_kind : str, default "cpu"
         "cpu" or "gpu" (the config's instance_group kind).
     max_batch_size : int, default 8192
@@ -74,6 +81,8 @@ class DeployDecorator(StepDecorator):
         "max_batch_size": 8192,
         "max_queue_delay_us": 100,
         "triton_version": None,
+        "promote": "always",
+        "labels": None,
     }
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
@@ -140,6 +149,7 @@ class DeployDecorator(StepDecorator):
                 ) from None
 
     def task_post_step(self, step_name, flow, graph, retry_count, max_user_code_retries):
+        from tritonflow.plugin.promotion import describe
         from tritonflow.plugin.publish import Provenance, deploy
 
         opts = self.options
@@ -148,11 +158,15 @@ class DeployDecorator(StepDecorator):
                 f"step *{step_name}* has no artifact {opts.model!r} to deploy: assign "
                 f"self.{opts.model} = <trained model> in the step, or pass @deploy(model='<artifact>')"
             )
-        if opts.sample and not hasattr(flow, opts.sample):
-            raise DeployException(
-                f"sample={opts.sample!r} names no artifact of step *{step_name}*: set "
-                f"self.{opts.sample} (rows of model input) in the step, or drop sample"
-            )
+        for attribute, name, holds in (
+            ("sample", opts.sample, "rows of model input"),
+            ("labels", opts.labels, "one label per sample row"),
+        ):
+            if name and not hasattr(flow, name):
+                raise DeployException(
+                    f"{attribute}={name!r} names no artifact of step *{step_name}*: set "
+                    f"self.{name} ({holds}) in the step, or drop {attribute}"
+                )
         provenance = Provenance(
             metaflow=self._run_info(flow),
             data=self._data_artifacts(graph),
@@ -166,12 +180,14 @@ class DeployDecorator(StepDecorator):
                 sample=getattr(flow, opts.sample) if opts.sample else None,
                 provenance=provenance,
                 sample_name=opts.sample,
+                sample_labels=getattr(flow, opts.labels) if opts.labels else None,
             )
         except TritonflowError as exc:
             raise DeployException(f"nothing was published: {exc}") from None
         flow.deployment_id = record.deployment_id
         flow.deployment = record.to_dict()
         print(f"@deploy: published {record.deployment_id} to {record.repository}")
+        print(f"@deploy: {describe(record)}")
 
     # -- what the record says about the run ----------------------------------------------------
     def _run_info(self, flow) -> dict[str, Any]:

@@ -23,6 +23,17 @@ FORMATS = ("auto", "treelite", "onnx")
 INSTANCE_KINDS = ("cpu", "gpu")
 REMOTE_DECORATORS = ("kubernetes", "batch")
 _ARTIFACT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# promote="if_better:<metric>": sklearn.metrics names -> whether higher is better
+PROMOTE_METRICS = {
+    "roc_auc": True,
+    "average_precision": True,
+    "log_loss": False,
+    "accuracy": True,
+    "f1": True,
+    "rmse": False,
+    "mae": False,
+    "r2": True,
+}
 
 
 class OptionError(TritonflowError):
@@ -51,6 +62,32 @@ class SelectRule:
 
 
 @dataclass(frozen=True)
+class PromoteRule:
+    """`always`, `never` or `if_better:<metric>`: whether a deploy's version becomes champion."""
+
+    mode: str
+    metric: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> PromoteRule:
+        mode, colon, metric = str(text).partition(":")
+        if (mode in ("always", "never") and not colon) or (mode == "if_better" and metric in PROMOTE_METRICS):
+            return cls(mode, metric or None)
+        raise OptionError(
+            f"promote={text!r} is not a promotion rule: use 'always' (the default), 'never' or "
+            f"'if_better:<metric>' with a metric of {', '.join(PROMOTE_METRICS)}, "
+            "e.g. promote='if_better:roc_auc'"
+        )
+
+    @property
+    def higher_is_better(self) -> bool:
+        return PROMOTE_METRICS[self.metric or ""]
+
+    def __str__(self) -> str:
+        return f"{self.mode}:{self.metric}" if self.metric else self.mode
+
+
+@dataclass(frozen=True)
 class DeployOptions:
     model: str
     select: SelectRule | None
@@ -63,6 +100,8 @@ class DeployOptions:
     max_batch_size: int
     max_queue_delay_us: int
     triton_version: str
+    promote: PromoteRule = PromoteRule("always")
+    labels: str | None = None
 
 
 def kebab_case(flow_name: str) -> str:
@@ -93,6 +132,8 @@ def parse_options(
             get("max_queue_delay_us"), "max_queue_delay_us", 100, minimum=0
         ),
         "triton_version": lambda: _triton_version(get("triton_version")),
+        "promote": lambda: _promote(get("promote"), get("sample"), get("labels")),
+        "labels": lambda: _artifact(get("labels"), "labels") if get("labels") else None,
     }
     values: dict[str, Any] = {}
     problems: list[str] = []
@@ -119,6 +160,18 @@ def _select(value: Any, is_join: bool) -> SelectRule | None:
             "put @deploy(select=...) on the join step after the foreach, or drop select"
         )
     return select
+
+
+def _promote(value: Any, sample: Any, labels: Any) -> PromoteRule:
+    rule = PromoteRule.parse(str(value or "always"))
+    missing = [name for name, given in (("sample", sample), ("labels", labels)) if not given]
+    if rule.mode == "if_better" and missing:
+        raise OptionError(
+            f"promote={str(rule)!r} scores the new model and the champion on rows with known answers: "
+            f"also pass {' and '.join(f'{m}=' for m in missing)} (artifacts of input rows and their labels, "
+            "e.g. sample='X_val', labels='y_val'), or use promote='always' or 'never'"
+        )
+    return rule
 
 
 def _model_name(value: Any, flow_name: str) -> str:

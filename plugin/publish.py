@@ -15,11 +15,13 @@ from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.ids import DeploymentId
 from tritonflow.lineage.records import DeploymentRecord, sha256_hex, utc_now
 from tritonflow.lineage.repository import ModelRepository
+from tritonflow.plugin import promotion
 from tritonflow.plugin.exporters import config_spec, export_model
 from tritonflow.plugin.options import DeployOptions
 from tritonflow.plugin.parity import check_parity
 from tritonflow.plugin.signature import describe
 from tritonflow.serving import labels, model_config
+from tritonflow.serving.release_policy import champion_config
 
 
 class SignatureChanged(TritonflowError):
@@ -42,12 +44,14 @@ def deploy(
     sample: Any,
     provenance: Provenance,
     sample_name: str | None = None,
+    sample_labels: Any = None,
 ) -> DeploymentRecord:
     """Publish `model` as the next version of `options.name`; return its deployment record.
 
-    Every check (export, config schema and FIL rules, parity, signature) runs before the
-    repository is touched; a retried task that already published the same files gets its
-    earlier deployment back instead of a second version.
+    Every check (export, config schema and FIL rules, parity, signature, the promote decision) runs
+    before the repository is touched; a retried task that already published the same files gets its
+    earlier deployment back instead of a second version. The config is written serving the current
+    champion; the new version takes over only once its promote event is written (promotion.settle).
     """
     signature = describe(model, sample)
     export = export_model(model, options.format, signature.n_features, options.triton_version)
@@ -73,6 +77,16 @@ def deploy(
     previous = repository.find_task_deployment(options.name, task, set(digests.values())) if task else None
     if previous is not None:
         return previous
+    decision = promotion.decide(
+        options.promote,
+        repository,
+        options.name,
+        (export.files, config),
+        (sample, signature.rows),
+        sample_labels,
+        spec.labels,
+    )
+    written = config_text if decision.champion is None else champion_config(config_text, decision.champion)
 
     def make_record(version: int) -> DeploymentRecord:
         flow, run_id = provenance.metaflow.get("flow"), provenance.metaflow.get("run_id")
@@ -105,17 +119,20 @@ def deploy(
             metrics=provenance.metrics,
             model={**export.model_info, "n_classes": export.n_classes, "parity": parity},
             selection=provenance.selection,
+            release=decision.to_record(),
         )
 
-    return repository.publish(
+    record = repository.publish(
         options.name,
-        config_text,
+        written,
         export.files,
         make_record,
         owner={"task": task or "(no task)", "model": options.name},
         check_current=lambda text: _check_signature(text, config, spec.labels, options.name, repository),
         model_files=beside,
     )
+    promotion.settle(repository, options.name, record.version, decision)
+    return record
 
 
 def _check_signature(
