@@ -941,7 +941,7 @@ def main(argv: list[str] | None = None) -> int:
     started = machine()
     with tempfile.TemporaryDirectory(prefix="tritonflow-serving-") as tmp:
         workdir = Path(tmp)
-        triton = _triton_or_skip(args, workdir, skipped)
+        triton = triton_or_skip(args, workdir, skipped)
         gpu = args.gpu and _gpu_or_skip(skipped)
         options = Options(plan, wrk_path, triton, gpu, workdir)
         results = []
@@ -966,7 +966,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _triton_or_skip(
+def triton_or_skip(
     args: argparse.Namespace, workdir: Path, skipped: dict[str, str]
 ) -> triton_env.Backends | None:
     if args.no_triton:

@@ -394,6 +394,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke check: 1 round, few requests")
     parser.add_argument("--no-triton", action="store_true", help="leave real Triton out")
     parser.add_argument(
+        "--triton-env", type=Path, metavar="PATH", help="a virtualenv holding nvidia-pytriton and tritonflow"
+    )
+    parser.add_argument(
         "--build-triton-env", action="store_true", help="build the cached Triton environment if missing"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"output folder (default {RESULTS})")
@@ -406,16 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="tritonflow-wire-") as tmp:
         workdir = Path(tmp)
-        launch = None
-        if args.no_triton:
-            skipped["Triton"] = "--no-triton"
-        else:
-            found = serving.triton_launch(None, args.build_triton_env, workdir)
-            if isinstance(found, str):
-                skipped["Triton"] = found
-            else:
-                launch = found
-        result = run(plan, launch, workdir)
+        # NOTE: serving.py's own choice of Triton (or why not), with the same flags
+        result = run(plan, serving.triton_or_skip(args, workdir, skipped), workdir)
     report = {"quick": args.quick, "plan": plan.__dict__, "skipped": skipped, "result": result}
     path = write_result("wire", report, args.out)
     text = markdown({**report, "machine": machine()})
