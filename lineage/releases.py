@@ -8,6 +8,12 @@ or overwritten. The current state is the fold of the events. config.pbtxt carrie
 (`version_policy: specific`), so stock Triton obeys the champion too; the event is written first
 (the decision), then the config (its effect), and every later command rewrites the config from the
 state, repairing a crash between.
+
+Each event carries the whole state after it (champion, canary and its share, shadow), so the
+state is the last event, except that a rollback pops the champions' stack. Only the champion
+goes into config.pbtxt: stock Triton sends unversioned requests to the highest version it
+serves, so a canary there would take all of them; canary and shadow are followed by
+`tritonflow serve`, which reads this log.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from tritonflow.lineage.records import utc_now
 from tritonflow.lineage.repository import ModelRepository
 
 SCHEMA = "tritonflow.release/v1"
-Kind = Literal["promote", "rollback"]
+Kind = Literal["promote", "rollback", "canary", "shadow"]
+KINDS = ("promote", "rollback", "canary", "shadow")
 # (config.pbtxt text, champion) -> the text serving exactly the champion: serving/release_policy.py's
 # champion_config, passed in because lineage never imports serving
 ConfigPolicy = Callable[[str, int], str]
@@ -50,6 +57,9 @@ class ReleaseEvent:
     when: str  # ISO 8601 UTC, as records.utc_now writes it
     reason: str
     evaluation: dict[str, Any] | None = None  # the scores that justified it, when there are any
+    canary: int | None = None  # the canary after this event (None: no canary)
+    percent: float = 0.0  # the canary's share of unversioned requests, 0-100
+    shadow: int | None = None  # the shadow after this event (None: no shadow)
     schema: str = SCHEMA
 
     def to_json(self) -> bytes:
@@ -63,22 +73,33 @@ class ReleaseEvent:
         except (ValueError, TypeError) as exc:
             raise RepositoryError(f"{where} is not a release event: {exc}") from None
         valid = (
-            event.kind in ("promote", "rollback")
+            event.kind in KINDS
             and _is_version(event.version)
-            and (event.previous is None or _is_version(event.previous))
+            and all(v is None or _is_version(v) for v in (event.previous, event.canary, event.shadow))
+            and isinstance(event.percent, (int, float))
+            and 0 <= event.percent <= 100
         )
         if not valid:
-            raise RepositoryError(f"{where} is not a release event: bad kind, version or previous")
+            raise RepositoryError(
+                f"{where} is not a release event: bad kind, version, previous, canary, percent or shadow"
+            )
         return event
 
     def describe(self) -> str:
         """'v4 was promoted by alice at 2026-12-02T06:00:00.000Z ("beats v3")'."""
-        done = (
-            f"v{self.version} was promoted"
-            if self.kind == "promote"
-            else f"v{self.previous} was rolled back to v{self.version}"
-        )
-        return f"{done} by {self.who} at {self.when}" + (f" ({self.reason!r})" if self.reason else "")
+        return f"{self.change()} by {self.who} at {self.when}" + (f" ({self.reason!r})" if self.reason else "")
+
+    def change(self) -> str:
+        """What the event did, in words: 'v5 became canary for 10% of unversioned requests'."""
+        if self.kind == "promote":
+            return f"v{self.version} was promoted"
+        if self.kind == "rollback":
+            return f"v{self.previous} was rolled back to v{self.version}"
+        if self.kind == "canary":
+            if self.canary is None:
+                return "the canary was stopped"
+            return f"v{self.canary} became canary for {self.percent:g}% of unversioned requests"
+        return "the shadow was stopped" if self.shadow is None else f"v{self.shadow} became shadow"
 
 
 @dataclass(frozen=True)
@@ -94,13 +115,45 @@ class ReleaseState:
         for event in self.events:
             if event.kind == "rollback" and len(stack) > 1 and stack[-2] == event.version:
                 stack.pop()
-            else:
+            elif not stack or stack[-1] != event.version:
                 stack.append(event.version)
         return stack
 
     @property
     def champion(self) -> int | None:
-        return self.champions[-1] if self.events else None
+        return self.events[-1].version if self.events else None
+
+    @property
+    def canary(self) -> int | None:
+        return self.events[-1].canary if self.events else None
+
+    @property
+    def percent(self) -> float:
+        """The canary's share of unversioned requests (0 without a canary)."""
+        return self.events[-1].percent if self.events and self.events[-1].canary is not None else 0.0
+
+    @property
+    def shadow(self) -> int | None:
+        return self.events[-1].shadow if self.events else None
+
+    def role(self, version: int) -> str | None:
+        """'champion', 'canary' or 'shadow'; None for any other version."""
+        if version == self.champion:
+            return "champion"
+        if version == self.canary:
+            return "canary"
+        return "shadow" if version == self.shadow else None
+
+    def history(self, version: int) -> list[ReleaseEvent]:
+        """The events that changed what `version` does (its role, or its canary share)."""
+        changed, before = [], ReleaseState(self.model)
+        for event in self.events:
+            after = ReleaseState(self.model, [*before.events, event])
+            was, now = before.role(version), after.role(version)
+            if was != now or (now == "canary" and before.percent != after.percent):
+                changed.append(event)
+            before = after
+        return changed
 
     @property
     def next_seq(self) -> int:
@@ -144,9 +197,10 @@ def promote(
     reason: str = "",
     evaluation: dict[str, Any] | None = None,
 ) -> tuple[ReleaseState, ReleaseEvent | None]:
-    """Make `version` the champion. None as the event: it already was (the config is repaired)."""
+    """Make `version` the champion (a canary or shadow of it ends). None as the event: it already was
+    (the config is repaired)."""
     state = read_state(repository, model)
-    _check_published(repository, model, version)
+    _check_published(repository, model, version, "champion")
     if state.champion == version:
         apply_state(repository, state, policy)
         return state, None
@@ -167,8 +221,49 @@ def rollback(
             "--reason ...`)"
         )
     target = champions[-2]
-    _check_published(repository, model, target)
+    _check_published(repository, model, target, "champion")
     return _append(repository, state, "rollback", target, policy, reason, None)
+
+
+def set_canary(
+    repository: ModelRepository,
+    model: str,
+    version: int | None,
+    percent: float,
+    policy: ConfigPolicy,
+    *,
+    reason: str = "",
+) -> tuple[ReleaseState, ReleaseEvent]:
+    """Send `percent` of unversioned requests to `version` (None: stop the canary)."""
+    state = read_state(repository, model)
+    if not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
+        raise ReleaseError(f"a canary share is a percentage from 0 to 100, not {percent!r}")
+    if version is None:
+        if state.canary is None:
+            raise ReleaseError(f"{model!r} has no canary to stop")
+        return _append(repository, state, "canary", state.champion, policy, reason, None, canary=None)
+    _check_role(repository, state, version, "canary")
+    return _append(
+        repository, state, "canary", state.champion, policy, reason, None, canary=version, percent=percent
+    )
+
+
+def set_shadow(
+    repository: ModelRepository,
+    model: str,
+    version: int | None,
+    policy: ConfigPolicy,
+    *,
+    reason: str = "",
+) -> tuple[ReleaseState, ReleaseEvent]:
+    """Run a copy of unversioned requests on `version`, off the response path (None: stop)."""
+    state = read_state(repository, model)
+    if version is None:
+        if state.shadow is None:
+            raise ReleaseError(f"{model!r} has no shadow to stop")
+        return _append(repository, state, "shadow", state.champion, policy, reason, None, shadow=None)
+    _check_role(repository, state, version, "shadow")
+    return _append(repository, state, "shadow", state.champion, policy, reason, None, shadow=version)
 
 
 def apply_state(repository: ModelRepository, state: ReleaseState, policy: ConfigPolicy) -> bool:
@@ -183,24 +278,56 @@ def apply_state(repository: ModelRepository, state: ReleaseState, policy: Config
     return True
 
 
+_DONE = {"promote": "promoted", "rollback": "rolled back", "canary": "set its canary", "shadow": "set its shadow"}
+_KEEP = object()  # _append's default: the canary or shadow stays as it is
+
+
 def _append(
     repository: ModelRepository,
     state: ReleaseState,
     kind: Kind,
-    version: int,
+    version: int | None,
     policy: ConfigPolicy,
     reason: str,
     evaluation: dict[str, Any] | None,
+    *,
+    canary: Any = _KEEP,
+    percent: float | None = None,
+    shadow: Any = _KEEP,
 ) -> tuple[ReleaseState, ReleaseEvent]:
-    """Write the next event (or lose the race for its number: a conflict), then the config."""
+    """Write the next event (or lose the race for its number: a conflict), then the config. The canary
+    and shadow stay unless given, and end when they become champion."""
+    if version is None:
+        raise ReleaseError(
+            f"{state.model!r} has no champion yet: promote a version first (`tritonflow promote "
+            f"{repository.given} {state.model}:VERSION --reason ...`)"
+        )
     current = repository.read_config(state.model)
     policy(current, version)  # NOTE: a config that cannot serve the version refuses before the event
-    event = ReleaseEvent(state.next_seq, kind, version, state.champion, who(), utc_now(), reason, evaluation)
+    canary = state.canary if canary is _KEEP else canary
+    shadow = state.shadow if shadow is _KEEP else shadow
+    percent = state.percent if percent is None else float(percent)
+    if canary == version:
+        canary = None
+    if shadow == version:
+        shadow = None
+    event = ReleaseEvent(
+        state.next_seq,
+        kind,
+        version,
+        state.champion,
+        who(),
+        utc_now(),
+        reason,
+        evaluation,
+        canary=canary,
+        percent=percent if canary is not None else 0.0,
+        shadow=shadow,
+    )
     if not repository.store.create(layout.release_key(state.model, event.seq), event.to_json()):
         winner = read_state(repository, state.model).events[event.seq - 1]
-        verb = "promoted" if kind == "promote" else "rolled back"
         raise ReleaseConflict(
-            f"model {state.model!r} changed while you {verb}: {winner.describe()}; "
+            f"model {state.model!r} changed while you {_DONE[kind]}: {winner.describe()}; "
             "nothing of yours was written: run the command again"
         )
     new_state = ReleaseState(state.model, [*state.events, event])
@@ -208,20 +335,32 @@ def _append(
     return new_state, event
 
 
-def _check_published(repository: ModelRepository, model: str, version: int) -> None:
+def _check_role(repository: ModelRepository, state: ReleaseState, version: int, role: str) -> None:
+    """A canary or shadow is a published version beside a champion, other than the champion."""
+    if state.champion is None:
+        raise ReleaseError(
+            f"{state.model!r} has no champion yet, so no {role} beside it: promote a version first "
+            f"(`tritonflow promote {repository.given} {state.model}:VERSION --reason ...`)"
+        )
+    if version == state.champion:
+        raise ReleaseError(f"{state.model}:{version} is the champion: a {role} is another version")
+    _check_published(repository, state.model, version, role)
+
+
+def _check_published(repository: ModelRepository, model: str, version: int, role: str) -> None:
     """Refuse a version without a readable deployment record (unpublished, unfinished, damaged)."""
     if version in repository.version_numbers(model) and version not in repository.versions(model):
         raise ReleaseError(
-            f"cannot make {model}:{version} champion: it is not published (its folder has no "
+            f"cannot make {model}:{version} {role}: it is not published (its folder has no "
             f"{layout.RECORD}: a deploy still under way or killed); published: {repository.versions(model)}"
         )
     try:
         repository.read_record(model, version)
     except NotFound as exc:
-        raise ReleaseError(f"cannot make {model}:{version} champion: {exc}") from None
+        raise ReleaseError(f"cannot make {model}:{version} {role}: {exc}") from None
     except RepositoryError as exc:
         raise ReleaseError(
-            f"cannot make {model}:{version} champion, its record does not read: {exc}"
+            f"cannot make {model}:{version} {role}, its record does not read: {exc}"
         ) from None
 
 

@@ -13,7 +13,14 @@ import pytest
 
 from tritonflow.lineage import layout
 from tritonflow.lineage.errors import RepositoryError, TritonflowError
-from tritonflow.lineage.releases import ReleaseError, promote, read_state, rollback
+from tritonflow.lineage.releases import (
+    ReleaseError,
+    promote,
+    read_state,
+    rollback,
+    set_canary,
+    set_shadow,
+)
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.releases_command import describe
 from tritonflow.serving.model_config import (
@@ -109,6 +116,56 @@ def test_rolling_back_twice_goes_two_decisions_back(local_repo, make_record):
     assert [rollback(repo, MODEL, champion_config)[0].champion for _ in range(2)] == [2, 1]
     with pytest.raises(ReleaseError, match="no previous champion"):
         rollback(repo, MODEL, champion_config)
+
+
+def test_canary_and_shadow_live_beside_the_champion_and_config_serves_only_the_champion(repo, make_record):
+    publish(repo, make_record, 4)
+    promote(repo, MODEL, 1, champion_config, reason="baseline")
+    set_canary(repo, MODEL, 2, 10, champion_config, reason="try v2")
+    state, event = set_shadow(repo, MODEL, 3, champion_config, reason="watch v3")
+    assert (state.champion, state.canary, state.percent, state.shadow) == (1, 2, 10.0, 3)
+    assert [state.role(v) for v in (1, 2, 3, 4)] == ["champion", "canary", "shadow", None]
+    assert event.change() == "v3 became shadow"
+    assert served(repo) == [1]  # NOTE: stock Triton would send every unversioned request to a served v2
+
+    state, _ = set_canary(repo, MODEL, 2, 50, champion_config, reason="more")
+    assert (state.canary, state.percent) == (2, 50.0)
+    state, event = promote(repo, MODEL, 2, champion_config, reason="canary held up")
+    assert (state.champion, state.canary, state.percent, state.shadow) == (2, None, 0.0, 3)  # it ended
+    state, _ = rollback(repo, MODEL, champion_config, reason="no")
+    assert (state.champion, state.canary, state.shadow) == (1, None, 3)
+    state, event = set_shadow(repo, MODEL, None, champion_config)
+    assert state.shadow is None and event.change() == "the shadow was stopped"
+
+    state = read_state(repo, MODEL)  # as another process reads it
+    assert [e.kind for e in state.events] == ["promote", "canary", "shadow", "canary", "promote", "rollback", "shadow"]
+    assert [e.change() for e in state.history(2)] == [
+        "v2 became canary for 10% of unversioned requests",
+        "v2 became canary for 50% of unversioned requests",
+        "v2 was promoted",
+        "v2 was rolled back to v1",
+    ]
+    assert [e.seq for e in state.history(3)] == [3, 7]
+    assert state.history(4) == []
+
+
+def test_canary_and_shadow_refuse_bad_input_and_write_nothing(repo, make_record):
+    publish(repo, make_record, 2)
+    with pytest.raises(ReleaseError, match="has no champion yet, so no canary beside it"):
+        set_canary(repo, MODEL, 2, 10, champion_config)
+    promote(repo, MODEL, 1, champion_config, reason="x")
+    for percent in (-1, 100.5, float("nan"), "10"):
+        with pytest.raises(ReleaseError, match="a canary share is a percentage from 0 to 100, not "):
+            set_canary(repo, MODEL, 2, percent, champion_config)
+    with pytest.raises(ReleaseError, match="m:1 is the champion: a shadow is another version"):
+        set_shadow(repo, MODEL, 1, champion_config)
+    with pytest.raises(ReleaseError, match="cannot make m:7 canary: no deployment m:7"):
+        set_canary(repo, MODEL, 7, 10, champion_config)
+    with pytest.raises(ReleaseError, match="'m' has no canary to stop"):
+        set_canary(repo, MODEL, None, 0, champion_config)
+    with pytest.raises(ReleaseError, match="'m' has no shadow to stop"):
+        set_shadow(repo, MODEL, None, champion_config)
+    assert len(read_state(repo, MODEL).events) == 1
 
 
 def test_unpublished_missing_and_damaged_versions_are_refused_before_anything_is_written(repo, make_record):
