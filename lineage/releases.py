@@ -39,6 +39,15 @@ KINDS = ("promote", "rollback", "canary", "shadow")
 ConfigPolicy = Callable[[str, int], str]
 
 
+_DONE = {
+    "promote": "promoted",
+    "rollback": "rolled back",
+    "canary": "set its canary",
+    "shadow": "set its shadow",
+}
+_KEEP: Any = object()  # a keyword's default meaning "as it is now"
+
+
 class ReleaseError(TritonflowError):
     """A release decision that cannot be made as asked; nothing was written."""
 
@@ -87,7 +96,9 @@ class ReleaseEvent:
 
     def describe(self) -> str:
         """'v4 was promoted by alice at 2026-12-02T06:00:00.000Z ("beats v3")'."""
-        return f"{self.change()} by {self.who} at {self.when}" + (f" ({self.reason!r})" if self.reason else "")
+        return f"{self.change()} by {self.who} at {self.when}" + (
+            f" ({self.reason!r})" if self.reason else ""
+        )
 
     def change(self) -> str:
         """What the event did, in words: 'v5 became canary for 10% of unversioned requests'."""
@@ -196,11 +207,18 @@ def promote(
     *,
     reason: str = "",
     evaluation: dict[str, Any] | None = None,
+    replacing: Any = _KEEP,
 ) -> tuple[ReleaseState, ReleaseEvent | None]:
     """Make `version` the champion (a canary or shadow of it ends). None as the event: it already was
-    (the config is repaired)."""
+    (the config is repaired). `replacing`: the champion the decision was made against (None: no
+    champion); another one now is a ReleaseConflict, as is a race lost."""
     state = read_state(repository, model)
     _check_published(repository, model, version, "champion")
+    if replacing is not _KEEP and state.champion != replacing and state.champion != version:
+        raise ReleaseConflict(
+            f"model {model!r} changed since the decision to promote v{version} over "
+            f"{_name(replacing)}: {state.events[-1].describe()}; nothing was written"
+        )
     if state.champion == version:
         apply_state(repository, state, policy)
         return state, None
@@ -276,10 +294,6 @@ def apply_state(repository: ModelRepository, state: ReleaseState, policy: Config
         return False
     repository.store.write(layout.config_key(state.model), wanted.encode())
     return True
-
-
-_DONE = {"promote": "promoted", "rollback": "rolled back", "canary": "set its canary", "shadow": "set its shadow"}
-_KEEP = object()  # _append's default: the canary or shadow stays as it is
 
 
 def _append(
@@ -359,9 +373,11 @@ def _check_published(repository: ModelRepository, model: str, version: int, role
     except NotFound as exc:
         raise ReleaseError(f"cannot make {model}:{version} {role}: {exc}") from None
     except RepositoryError as exc:
-        raise ReleaseError(
-            f"cannot make {model}:{version} {role}, its record does not read: {exc}"
-        ) from None
+        raise ReleaseError(f"cannot make {model}:{version} {role}, its record does not read: {exc}") from None
+
+
+def _name(version: int | None) -> str:
+    return f"v{version}" if version is not None else "no champion"
 
 
 def _is_version(value: object) -> bool:

@@ -138,7 +138,15 @@ def test_canary_and_shadow_live_beside_the_champion_and_config_serves_only_the_c
     assert state.shadow is None and event.change() == "the shadow was stopped"
 
     state = read_state(repo, MODEL)  # as another process reads it
-    assert [e.kind for e in state.events] == ["promote", "canary", "shadow", "canary", "promote", "rollback", "shadow"]
+    assert [e.kind for e in state.events] == [
+        "promote",
+        "canary",
+        "shadow",
+        "canary",
+        "promote",
+        "rollback",
+        "shadow",
+    ]
     assert [e.change() for e in state.history(2)] == [
         "v2 became canary for 10% of unversioned requests",
         "v2 became canary for 50% of unversioned requests",
