@@ -1,7 +1,8 @@
 """What the server does, apart from any transport: infer, readiness, metadata, stats, lineage, repository.
 
-Infer resolves name@version, checks the decoded inputs against that version's config, submits
-them to the version's batcher, stamps the response and counts. Anything a request gets wrong is
+Infer routes name@version (an unversioned request: champion or canary), checks the decoded inputs
+against that version's config, submits them to the version's batcher, stamps the response, counts,
+and hands a copy to the model's shadow when it has one. Anything a request gets wrong is
 a ServingError; once the version is resolved, the error carries its stamp.
 """
 
@@ -39,7 +40,7 @@ from tritonflow.serving.errors import (
     WrongDatatype,
     WrongShape,
 )
-from tritonflow.serving.metrics import Metrics, VersionStats
+from tritonflow.serving.metrics import Metrics, ShadowStats, VersionStats
 from tritonflow.serving.model_config import ModelConfig, to_json
 from tritonflow.serving.model_version import ModelVersion, Tensor
 from tritonflow.serving.registry import Registry
@@ -83,7 +84,7 @@ class DataPlane:
         self.model_control = model_control
         self.strict_readiness = strict_readiness
         self.ready = False  # set once the repository is loaded, cleared on shutdown
-        self._metrics = Metrics(self._stats, self._refusals)
+        self._metrics = Metrics(self._stats, self._refusals, self._shadows)
         self._lineage_slots = Throttle("lineage", concurrency=1, queue=8)
         self._lineage_cache: dict[tuple[str, int], tuple[float, DeploymentRecord, LiveRun]] = {}
         self.shared_memory = SharedMemory()  # NOTE: the node's regions, one set for every transport
@@ -93,8 +94,8 @@ class DataPlane:
     # -- inference -----------------------------------------------------------------------------
     async def infer(self, model: str, version: str | None, request: InferRequest) -> InferResponse:
         started = perf_counter_ns()
-        target = self.registry.resolve(model, version)
-        target.acquire()  # NOTE: no await between resolve and acquire: a swap cannot unload it
+        target, shadow = self.registry.route(model, version, request.id)
+        target.acquire()  # NOTE: no await between route and acquire: a swap cannot unload it
         stats = target.stats
         try:
             rows = _check_inputs(target, request.inputs)
@@ -116,6 +117,7 @@ class DataPlane:
             raise
         finally:
             target.release()
+        raw = outputs  # NOTE: the shadow compares these, before any classification
         if wanted is not None:
             outputs = {name: _answer(target, name, outputs[name], asked) for name, asked in wanted.items()}
         try:
@@ -128,6 +130,8 @@ class DataPlane:
             raise
         # NOTE: once its outputs are formatted and written, as Triton's compute_output counts them
         stats.record_success(started, rows, execution)
+        if shadow is not None:
+            shadow.offer(request.inputs, rows, raw)
         if log.isEnabledFor(logging.DEBUG):  # NOTE: Triton's verbose log has a line per request too
             log.debug("%s answered %d row(s) of request %r", target.label, rows, request.id)
         return InferResponse(request.id, target.stamp, outputs)
@@ -252,8 +256,11 @@ class DataPlane:
     def _refusals(self) -> list[tuple[str, str, int]]:
         return [(model, kind, n) for (model, kind), n in self.registry.refusals.items()]
 
-    def _stats(self) -> list[tuple[str, int, VersionStats]]:
-        return [(t.name, t.version, t.stats) for t in self.registry.serving()]
+    def _shadows(self) -> list[tuple[str, int, int, ShadowStats]]:
+        return [(s.model, s.champion.version, s.target.version, s.stats) for s in self.registry.shadows()]
+
+    def _stats(self) -> list[tuple[str, int, str, VersionStats]]:
+        return [(t.name, t.version, self.registry.role(t), t.stats) for t in self.registry.serving()]
 
 
 def _fits(dims: tuple[int, ...], expected: tuple[int, ...]) -> bool:

@@ -3,7 +3,9 @@
 Counting is plain integer arithmetic on the event loop: no locks or label lookups per request.
 Prometheus reads the same numbers at scrape time, so the two views always agree, and a version's
 series go away when it is unloaded, as in Triton. Triton's metrics keep Triton's names, types and
-labels; only requests the model took count as failures, as Triton counts them.
+labels (dashboards and the parity test compare them with Triton's); only requests the model took
+count as failures, as Triton counts them. tritonflow's own per-version metrics carry the version's
+release role too, and `tritonflow_version_role` gives it to Triton's by a join on model and version.
 """
 
 from __future__ import annotations
@@ -15,8 +17,14 @@ from dataclasses import dataclass, field
 from time import perf_counter_ns
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -137,6 +145,31 @@ class VersionStats:
         }
 
 
+# The disagreement histogram's upper bounds (le): 0 is exact agreement; for probabilities,
+# 1e-6 is float32 noise between engines, 0.5 a flipped decision.
+DISAGREEMENT_BUCKETS = (0.0, 1e-6, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+@dataclass(slots=True)
+class ShadowStats:
+    """The counts of one (champion, shadow) pair; `buckets[i]`: the rows whose disagreement is
+    <= DISAGREEMENT_BUCKETS[i] and above the bound before (the last one: above every bound)."""
+
+    compared: int = 0  # requests run on both and compared
+    dropped: int = 0  # copies not run: the queue was full, or the shadow stopped first
+    failed: int = 0  # copies the shadow did not answer, or answered in another shape
+    total: float = 0.0  # the sum of the rows' disagreements
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(DISAGREEMENT_BUCKETS) + 1))
+
+    def observe(self, per_row: np.ndarray) -> None:
+        """One compared request: each row's disagreement."""
+        self.compared += 1
+        self.total += float(per_row.sum())
+        slots = np.searchsorted(DISAGREEMENT_BUCKETS, per_row, side="left")
+        counts = np.bincount(slots, minlength=len(self.buckets))
+        self.buckets = [a + int(b) for a, b in zip(self.buckets, counts, strict=True)]
+
+
 # Every Triton metric, declared once: its name, type and help as Triton 24.10 prints them, and how
 # to read its samples, (extra labels, value), off a VersionStats.
 Samples = Callable[[VersionStats], Iterable[tuple[dict[str, str], int]]]
@@ -215,43 +248,69 @@ REFUSALS = (
     "tritonflow_version_refusals",
     "Model versions (and configs) refused, by reason: incomplete, integrity, probe, load, store, config",
 )
+ROLE = ("tritonflow_version_role", "1 for each version served, labelled with its release role")
+DISAGREEMENT = (
+    "tritonflow_shadow_disagreement",
+    "Rows run on the champion and its shadow, by their largest absolute difference over the first output",
+)
+SHADOW_REQUESTS = (
+    "tritonflow_shadow_requests",
+    "Copies of champion requests for the shadow, by outcome: compared, dropped (queue full), failed",
+)
+SHADOW_LABELS = ["model", "champion_version", "shadow_version"]
 
-Source = Callable[[], Iterable[tuple[str, int, VersionStats]]]
+Source = Callable[[], Iterable[tuple[str, int, str, VersionStats]]]  # (model, version, role, stats)
 RefusalSource = Callable[[], Iterable[tuple[str, str, int]]]  # (model, reason, count)
+ShadowSource = Callable[[], Iterable[tuple[str, int, int, ShadowStats]]]  # (model, champion, shadow, stats)
 
 
 class StatsCollector(Collector):
     """Turns tritonflow's own metrics of every loaded version into Prometheus samples at scrape time."""
 
-    def __init__(self, source: Source, refusals: RefusalSource) -> None:
+    def __init__(self, source: Source, refusals: RefusalSource, shadows: ShadowSource) -> None:
         self._source = source
         self._refusals = refusals
+        self._shadows = shadows
 
     def collect(self) -> Iterator[Metric]:
-        histogram = HistogramMetricFamily(*BATCH_SIZE, labels=["model", "version"])
-        for name, version, stats in self._source():
+        histogram = HistogramMetricFamily(*BATCH_SIZE, labels=["model", "version", "role"])
+        roles = GaugeMetricFamily(*ROLE, labels=["model", "version", "role"])
+        for name, version, role, stats in self._source():
             rows = sum(size * b.compute_infer.count for size, b in stats.batches.items())
-            histogram.add_metric([name, str(version)], _buckets(stats), rows)
+            histogram.add_metric([name, str(version), role], _buckets(stats), rows)
+            roles.add_metric([name, str(version), role], 1)
         yield histogram
+        yield roles
         refused = CounterMetricFamily(*REFUSALS, labels=["model", "reason"])
         for name, reason, count in self._refusals():
             refused.add_metric([name, reason], count)
         yield refused
+        disagreement = HistogramMetricFamily(*DISAGREEMENT, labels=SHADOW_LABELS)
+        requests = CounterMetricFamily(*SHADOW_REQUESTS, labels=[*SHADOW_LABELS, "outcome"])
+        for name, champion, shadow, counts in self._shadows():
+            pair = [name, str(champion), str(shadow)]
+            cumulative = np.cumsum(counts.buckets).tolist()
+            bounds = [floatToGoString(le) for le in DISAGREEMENT_BUCKETS] + ["+Inf"]
+            disagreement.add_metric(pair, list(zip(bounds, cumulative, strict=True)), counts.total)
+            for outcome in ("compared", "dropped", "failed"):
+                requests.add_metric([*pair, outcome], getattr(counts, outcome))
+        yield disagreement
+        yield requests
 
 
 class Metrics:
     """`/metrics`: Triton's metrics as Triton prints them, then tritonflow's own."""
 
-    def __init__(self, source: Source, refusals: RefusalSource) -> None:
+    def __init__(self, source: Source, refusals: RefusalSource, shadows: ShadowSource) -> None:
         self._source = source
         self._registry = CollectorRegistry()
-        self._registry.register(StatsCollector(source, refusals))
+        self._registry.register(StatsCollector(source, refusals, shadows))
 
     def exposition(self) -> bytes:
         # NOTE: written here, not by prometheus_client: it appends `_total` to every counter's name,
         # which would break the dashboards and alerts written against Triton's names.
         versions = [
-            ({"model": name, "version": str(version)}, stats) for name, version, stats in self._source()
+            ({"model": name, "version": str(version)}, stats) for name, version, _, stats in self._source()
         ]
         lines = []
         for metric, kind, doc, read in TRITON:

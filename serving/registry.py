@@ -1,10 +1,12 @@
 """The loaded models, `{name: {version: ModelVersion}}`, and how they change: load new, swap, retire old.
 
-Never on the hot path except `resolve`, a pair of dict lookups. Changes run on the event loop
-(blocking reads and engine loads go to threads), so a swap is atomic for requests: each request
-resolves and acquires its version with no await in between, and finishes on it; a version that
-leaves the table is unloaded once its last in-flight request is done. A version that fails to
-load is refused with its reason and never replaces one that serves.
+Never on the hot path except `resolve` and `route`, a pair of dict lookups (and a hash for a canary).
+What serves is what config.pbtxt selects, plus the release state's canary and shadow (read from the
+model's release log, `lineage.releases`); each swap builds the model's Routing from them.
+Changes run on the event loop (blocking reads and engine loads go to threads), so a swap is atomic
+for requests: each request resolves and acquires its version with no await in between, and
+finishes on it; a version that leaves the table is unloaded once its last in-flight request is
+done. A version that fails to load is refused with its reason and never replaces one that serves.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 from tritonflow.lineage import layout
 from tritonflow.lineage.errors import NotFound, TritonflowError
+from tritonflow.lineage.releases import ReleaseState, read_state
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.serving.batcher import Traffic
 from tritonflow.serving.errors import InvalidVersion, LoadFailed, ModelNotFound
@@ -32,6 +35,8 @@ from tritonflow.serving.model_config import (
     served_versions,
 )
 from tritonflow.serving.model_version import ModelVersion
+from tritonflow.serving.routing import Routing, champion_of, routing
+from tritonflow.serving.shadow import Shadow
 
 log = logging.getLogger("tritonflow.serving")
 
@@ -48,7 +53,9 @@ class Model:
     seen_config: tuple[str, ModelFiles] | None = None
     config_error: str | None = None  # why that text was refused, while it stays as it is
     versions: dict[int, ModelVersion] = field(default_factory=dict)  # replaced whole, never mutated
-    latest: ModelVersion | None = None
+    routing: Routing | None = None  # where unversioned requests go; None: no champion serves
+    release: ReleaseState | None = None  # the release log as last read (None: no decision, or unread)
+    release_error: str | None = None  # why the release log last failed to read
     published: list[int] = field(default_factory=list)
     refused: dict[int, Refusal] = field(default_factory=dict)
     loading: set[int] = field(default_factory=set)
@@ -90,14 +97,13 @@ class Registry:
 
     # -- the hot path ----------------------------------------------------------------------
     def resolve(self, name: str, version: str | None) -> ModelVersion:
-        """The serving version asked for; no version: the highest one serving."""
+        """The serving version asked for; no version: the champion (never the canary: metadata,
+        readiness and config questions get one stable answer)."""
         model = self.models.get(name)
         if model is None:
             raise ModelNotFound(name)
         if not version:
-            if model.latest is None:
-                raise ModelNotFound(name, None, model.why_none())
-            return model.latest
+            return self._routing(model).champion
         number = layout.parse_version(version)
         if number is None:
             raise InvalidVersion(version)
@@ -107,6 +113,35 @@ class Registry:
             raise ModelNotFound(name, number, reason)
         return found
 
+    def route(
+        self, name: str, version: str | None, request_id: str | None
+    ) -> tuple[ModelVersion, Shadow | None]:
+        """The version that answers an inference request, and the shadow to copy it to (None: none).
+        Unversioned: the champion or, for its share, the canary (by `request_id`, else at random);
+        an explicit version is never redirected, nor copied to the shadow."""
+        if version:
+            return self.resolve(name, version), None
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFound(name)
+        routing = self._routing(model)
+        target = routing.pick(request_id)
+        return target, routing.shadow if target is routing.champion else None
+
+    def role(self, mv: ModelVersion) -> str:
+        """What a serving version does: champion, canary, shadow, or challenger."""
+        model = self.models.get(mv.name)
+        routing = model.routing if model is not None else None
+        return routing.role(mv.version) if routing is not None else "challenger"
+
+    def shadows(self) -> list[Shadow]:
+        return [m.routing.shadow for m in self.models.values() if m.routing and m.routing.shadow]
+
+    def _routing(self, model: Model) -> Routing:
+        if model.routing is None:
+            raise ModelNotFound(model.name, None, model.why_none())
+        return model.routing
+
     def serving(self) -> list[ModelVersion]:
         return [mv for model in self.models.values() for mv in model.versions.values()]
 
@@ -115,7 +150,7 @@ class Registry:
         return {
             name: model.why_none()
             for name, model in self.models.items()
-            if model.published and not model.unloaded and model.latest is None
+            if model.published and not model.unloaded and model.routing is None
         }
 
     # -- changes -----------------------------------------------------------------------------
@@ -144,7 +179,7 @@ class Registry:
                 model.unloaded = False
                 model.seen_config = None  # re-check the config and reload every version
             try:
-                text, files, versions = await asyncio.to_thread(_read, repository, name, published)
+                text, files, versions, release = await asyncio.to_thread(_read, repository, name, published)
             except NotFound:
                 self._drop(name)
                 if requested:
@@ -156,6 +191,7 @@ class Registry:
                     self._drop(name)
                 raise
             model.published = versions
+            self._follow(model, release)
             await self._apply(model, text, files, repository, set(retry))
             if requested and (model.config_error or not model.versions):
                 raise LoadFailed(name, model.config_error or model.why_none())
@@ -180,6 +216,8 @@ class Registry:
             serving = self.serving()
             for name in list(self.models):
                 model = self.models.pop(name)
+                if model.routing is not None and model.routing.shadow is not None:
+                    model.routing.shadow.stop()
                 for mv in model.versions.values():
                     mv.retire()  # NOTE: not _drop: the mirror keeps what served, for the next start
         for mv in serving:
@@ -229,6 +267,10 @@ class Registry:
         }
         while True:
             targets = served_versions(config, candidates)
+            state = model.release
+            # NOTE: the release state's canary and shadow serve beside what the config selects
+            extra = [v for v in (state.canary, state.shadow) if v in candidates] if state else []
+            targets += [v for v in extra if v not in targets]
             missing = [v for v in targets if v not in loaded]
             if not missing:
                 break
@@ -296,10 +338,28 @@ class Registry:
         log.info("loaded %s (%s) engine=%s", mv.label, record.deployment_id, backend.engine)
         return mv
 
+    def _follow(self, model: Model, release: ReleaseState | str | None) -> None:
+        """Take the release log as read (a string: why it did not read; the last state read stays,
+        or none: what config.pbtxt serves, served as before releases). Logged once per problem."""
+        if not isinstance(release, str):
+            if model.release_error is not None:
+                log.warning("the release log of %s reads again", model.name)
+            model.release, model.release_error = release, None
+            return
+        if release != model.release_error:
+            log.error(
+                "cannot follow the release log of %s, serving what config.pbtxt says: %s", model.name, release
+            )
+        model.release_error = release
+
     def _swap(self, model: Model, serving: dict[int, ModelVersion]) -> None:
         old = model.versions
-        model.versions = serving
-        model.latest = serving[max(serving)] if serving else None
+        before = model.routing.shadow if model.routing is not None else None
+        shadow = _shadow(model, serving)
+        if before is not None and before is not shadow:
+            before.stop()
+        # NOTE: both in one step, no await between: a request sees the old table and routing, or the new
+        model.versions, model.routing = serving, routing(serving, model.release, shadow)
         for mv in set(old.values()) - set(serving.values()):
             mv.retire()
         if set(serving.values()) - set(old.values()):
@@ -323,8 +383,9 @@ class Registry:
 
 def _read(
     repository: ModelRepository, name: str, published: Sequence[int] | None
-) -> tuple[str, ModelFiles, list[int]]:
-    """The config text, the labels files it names and the published versions (blocking: in a thread)."""
+) -> tuple[str, ModelFiles, list[int], ReleaseState | str | None]:
+    """The config text, the labels files it names, the published versions and the release state
+    (None: no decision yet; a string: why it does not read) (blocking: in a thread)."""
     text = repository.read_config(name)
     try:
         names = model_files(parse_config(text))
@@ -332,7 +393,25 @@ def _read(
         names = []
     read = folder_reader(repository.store, name)
     files = {file: read(file) for file in names}
-    return text, files, repository.versions(name) if published is None else list(published)
+    versions = repository.versions(name) if published is None else list(published)
+    try:
+        state = read_state(repository, name)
+    except Exception as exc:  # NOTE: the log only adds to config.pbtxt: whatever breaks it, serve on
+        return text, files, versions, str(exc) or type(exc).__name__
+    return text, files, versions, state if state.events else None
+
+
+def _shadow(model: Model, serving: dict[int, ModelVersion]) -> Shadow | None:
+    """The shadow runner for what will serve: the running one while its pair is unchanged."""
+    state = model.release
+    target = serving.get(state.shadow) if state is not None and state.shadow is not None else None
+    champion = champion_of(serving, state)
+    if target is None or champion is None or target is champion:
+        return None
+    running = model.routing.shadow if model.routing is not None else None
+    if running is not None and running.champion is champion and running.target is target:
+        return running
+    return Shadow(model.name, champion, target)
 
 
 def _settle_heap() -> None:

@@ -1,6 +1,7 @@
 """Polls the repository and hands each change to the registry: new, changed or removed models.
 
-A change is a new fingerprint of config.pbtxt or of a file beside it (its labels file), or a new list
+A change is a new fingerprint of config.pbtxt or of a file beside it (its labels file), a new event
+in its release log (`.releases/`: its file names are enough, events are never rewritten), or a new list
 of published versions (folders with their deployment.json; unfinished publishes are not versions
 yet). The repository API's load request makes the same registry call.
 
@@ -25,7 +26,7 @@ from tritonflow.serving.registry import Registry
 
 log = logging.getLogger("tritonflow.serving")
 
-# model -> (fingerprints of config.pbtxt and the files beside it, published versions)
+# model -> (fingerprints of config.pbtxt, the files beside it and the release log, published versions)
 State = dict[str, tuple[str | None, tuple[int, ...]]]
 # model -> {refused version: its folder's token when refused, None: retry at every poll}
 Refused = dict[str, dict[int, Token | None]]
@@ -45,6 +46,8 @@ def scan(repository: ModelRepository, seen: State, refused: Refused) -> tuple[St
         # NOTE: the files beside config.pbtxt (its labels files) are part of it: a change to one is a change
         beside = [e for e in entries if not e.startswith(".") and layout.parse_version(e) is None]
         config = ",".join(f"{e}:{repository.store.fingerprint(f'{name}/{e}')}" for e in beside)
+        if layout.RELEASES in entries:
+            config += ";" + ",".join(repository.store.list(layout.releases_prefix(name)))
         found[name] = (config, published)
     retry = {
         name: changed

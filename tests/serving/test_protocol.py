@@ -367,7 +367,8 @@ def test_metrics_per_model_and_version(server):
         "nv_inference_compute_infer_duration_us",
     ):
         assert f'{name}{{model="{MODEL}",version="1"}}' in text
-    assert f'tritonflow_inference_batch_size_bucket{{le="4.0",model="{MODEL}",version="1"}}' in text
+    bucket = f'tritonflow_inference_batch_size_bucket{{le="4.0",model="{MODEL}",role="champion",version="1"}}'
+    assert bucket in text
     assert server.metric("nv_inference_request_duration_us", MODEL, 1) > 0
 
 
