@@ -39,6 +39,14 @@ COMMANDS = {
     ),
     "promote": ("tritonflow.releases_command:promote", "make MODEL:VERSION the champion, with a reason"),
     "rollback": ("tritonflow.releases_command:rollback", "make the previous champion champion again"),
+    "canary": (
+        "tritonflow.releases_command:canary",
+        "send a share of unversioned requests to MODEL:VERSION (tritonflow serve only)",
+    ),
+    "shadow": (
+        "tritonflow.releases_command:shadow",
+        "run a copy of the traffic on MODEL:VERSION, off the response path (tritonflow serve only)",
+    ),
     "check-config": ("tritonflow.serving.check_command", "validate config.pbtxt files (Triton schema + FIL)"),
     "triton-backends": ("tritonflow.serving.triton_backends_command", "a backend dir for Triton without FIL"),
 }

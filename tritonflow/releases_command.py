@@ -1,4 +1,4 @@
-"""`tritonflow releases | promote | rollback`: read and change which version of a model is champion.
+"""`tritonflow releases | promote | rollback | canary | shadow`: read and change a model's release state.
 
 It joins the release log (lineage/releases.py) with config.pbtxt's version_policy (serving), so it
 lives with the command line, like `tritonflow lineage`.
@@ -53,6 +53,9 @@ def _releases(args: argparse.Namespace) -> int:
         {k: str(v.get(k) or "") for k in ("version", "role", "deployment_id", "run")}
         for v in document["versions"]
     ]
+    for row in rows:
+        if row["role"] == "canary":
+            row["role"] = f"canary {document['canary']['percent']:g}%"
     header = {k: k.upper().replace("_", " ") for k in ("version", "role", "deployment_id", "run")}
     widths = {k: max(len(r[k]) for r in [header, *rows]) for k in header}
     for row in [header, *rows]:
@@ -63,8 +66,8 @@ def _releases(args: argparse.Namespace) -> int:
     for e in document["history"]:
         evaluation = f"  evaluation {json.dumps(e['evaluation'])}" if e["evaluation"] else ""
         reason = f"  {e['reason']!r}" if e["reason"] else ""
-        change = f"{_version(e['previous'])} -> v{e['version']}"
-        print(f"  {e['seq']:>4}  {e['when']}  {e['kind']:8}  {change}  by {e['who']}{reason}{evaluation}")
+        change = release_log.ReleaseEvent(**e).change()
+        print(f"  {e['seq']:>4}  {e['when']}  {change}  by {e['who']}{reason}{evaluation}")
     return 0
 
 
@@ -79,7 +82,7 @@ def describe(repository: ModelRepository, model: str) -> dict[str, Any]:
         if entry.record is None:
             role = "unfinished"
         elif state.champion is not None:
-            role = "champion" if version == state.champion else "challenger"
+            role = state.role(version) or "challenger"
         else:  # NOTE: no decision yet: config.pbtxt's version_policy (latest 1 as @deploy writes it) serves
             role = "serving" if version in served else "challenger"
         record = entry.record
@@ -103,6 +106,8 @@ def describe(repository: ModelRepository, model: str) -> dict[str, Any]:
         "repository": repository.uri,
         "model": model,
         "champion": state.champion,
+        "canary": {"version": state.canary, "percent": state.percent} if state.canary else None,
+        "shadow": state.shadow,
         "versions": versions,
         "history": [asdict(event) for event in state.events],
         "drift": drift,
@@ -147,6 +152,62 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- tritonflow canary / shadow ----------------------------------------------------------------------
+def _traffic_arguments(role: str) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        _repository_argument(parser)
+        parser.add_argument(
+            "target", metavar="MODEL:VERSION", help=f"the version to make {role} (MODEL with --stop)"
+        )
+        if role == "canary":
+            parser.add_argument(
+                "--percent", type=float, help="the share of unversioned requests it answers, 0-100"
+            )
+        parser.add_argument("--stop", action="store_true", help=f"end the {role}")
+        parser.add_argument("--reason", default="", help="why: kept in the history")
+
+    return add
+
+
+def _traffic(role: str) -> Callable[[argparse.Namespace], int]:
+    def main(args: argparse.Namespace) -> int:
+        repository = _open(args.repository, f"tritonflow {role} {{}} {args.target}")
+        if args.stop:
+            model, version = args.target, None
+            if ":" in model:
+                raise TritonflowError(f"--stop takes the model's name, not {model}")
+        else:
+            did = DeploymentId.parse(args.target)
+            if not did.is_short:
+                raise TritonflowError(f"give MODEL:VERSION, not a full deployment ID: {did.short}")
+            model, version = did.model, did.version
+        policy = _policy(repository)
+        if role == "canary":
+            if version is not None and args.percent is None:
+                raise TritonflowError("give the canary's share: --percent P (0-100)")
+            state, _ = release_log.set_canary(
+                repository, model, version, args.percent or 0.0, policy, reason=args.reason
+            )
+        else:
+            state, _ = release_log.set_shadow(repository, model, version, policy, reason=args.reason)
+        if version is None:
+            print(f"{model} has no {role} now in {repository.uri}; v{state.champion} answers as champion")
+        elif role == "canary":
+            print(
+                f"{model}:{version} now answers {state.percent:g}% of unversioned requests of {model} in "
+                f"{repository.uri} (champion v{state.champion}); `tritonflow serve` follows it, "
+                "stock Triton serves only the champion"
+            )
+        else:
+            print(
+                f"{model}:{version} now sees a copy of the requests v{state.champion} answers in "
+                f"{repository.uri}; `tritonflow serve` follows it, stock Triton serves only the champion"
+            )
+        return 0
+
+    return main
+
+
 def _open(uri: str, command: str) -> ModelRepository:
     repository = ModelRepository(uri)
     repository.check_layout(command)  # NOTE: a model folder given as the repository says so
@@ -164,3 +225,5 @@ def _version(version: int | None) -> str:
 releases = Command(_releases_arguments, _releases)
 promote = Command(_promote_arguments, _promote)
 rollback = Command(_rollback_arguments, _rollback)
+canary = Command(_traffic_arguments("canary"), _traffic("canary"))
+shadow = Command(_traffic_arguments("shadow"), _traffic("shadow"))

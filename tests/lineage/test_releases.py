@@ -335,7 +335,7 @@ def test_the_commands_promote_list_and_roll_back(local_repo, make_record):
     assert re.search(r"\n2 +champion +m:2@TrainFlow/1795314379884117 +TrainFlow/1795314379884117\n", text), (
         text
     )
-    assert re.search(r"\n +2  \S+Z  promote   v1 -> v2  by carol  'better'\n", text), text
+    assert re.search(r"\n +2  \S+Z  v2 was promoted  by carol  'better'\n", text), text
 
     done = tritonflow("rollback", root, MODEL, "--reason", "alerts")
     assert (done.returncode, done.stdout.strip()) == (
@@ -343,6 +343,56 @@ def test_the_commands_promote_list_and_roll_back(local_repo, make_record):
         f"m:1 is the champion again in {repo.uri} (rolled back from v2)",
     )
     assert served(repo) == [1]
+
+
+def test_canary_and_shadow_commands(local_repo, make_record):
+    repo = ModelRepository(local_repo)
+    publish(repo, make_record, 3)
+    root = str(local_repo)
+    assert tritonflow("promote", root, f"{MODEL}:1", "--reason", "base").returncode == 0
+    done = tritonflow("canary", root, f"{MODEL}:2", "--percent", "10", "--reason", "try")
+    assert (done.returncode, done.stdout.strip()) == (
+        0,
+        f"m:2 now answers 10% of unversioned requests of m in {repo.uri} (champion v1); "
+        "`tritonflow serve` follows it, stock Triton serves only the champion",
+    )
+    done = tritonflow("shadow", root, f"{MODEL}:3")
+    assert done.returncode == 0 and done.stdout.startswith("m:3 now sees a copy of the requests v1 answers")
+    listed = json.loads(tritonflow("releases", root, MODEL, "--json").stdout)
+    assert (listed["canary"], listed["shadow"]) == ({"version": 2, "percent": 10.0}, 3)
+    assert [v["role"] for v in listed["versions"]] == ["champion", "canary", "shadow"]
+    text = tritonflow("releases", root, MODEL).stdout
+    assert (
+        re.search(r"\n2 +canary 10% +m:2@", text)
+        and "v2 became canary for 10% of unversioned requests" in text
+    )
+    assert served(repo) == [1]
+
+    for args, message in (
+        (("canary", root, f"{MODEL}:2", "--percent", "120"), "a canary share is a percentage from 0 to 100"),
+        (("canary", root, f"{MODEL}:2"), "give the canary's share: --percent P (0-100)"),
+        (
+            ("canary", root, f"{MODEL}:1", "--percent", "5"),
+            "m:1 is the champion: a canary is another version",
+        ),
+        (("shadow", root, f"{MODEL}:9"), "cannot make m:9 shadow: no deployment m:9"),
+        (("canary", root, f"{MODEL}:2", "--stop"), "--stop takes the model's name, not m:2"),
+        (
+            ("canary", root, f"{MODEL}:2", "--percent", "ten"),
+            "argument --percent: invalid float value: 'ten'",
+        ),
+    ):
+        done = tritonflow(*args)
+        assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
+    assert len(read_state(repo, MODEL).events) == 3
+
+    assert tritonflow("canary", root, MODEL, "--stop").stdout.strip() == (
+        f"m has no canary now in {repo.uri}; v1 answers as champion"
+    )
+    assert tritonflow("shadow", root, MODEL, "--stop").returncode == 0
+    state = read_state(repo, MODEL)
+    assert (state.canary, state.shadow, len(state.events)) == (None, None, 5)
+    assert "has no shadow to stop" in tritonflow("shadow", root, MODEL, "--stop").stderr
 
 
 def test_the_commands_fail_in_one_line_with_exit_2(local_repo, make_record):
