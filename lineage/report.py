@@ -1,14 +1,17 @@
 """The lineage of one deployment as a document (`--json`, the serving node's /lineage) and as text.
 
 The deployment record is the source of truth; live Metaflow facts are added when available.
-Schema `tritonflow.lineage/v1`: deployment, run, code, data, model, decision, inspect, metaflow.
+Schema `tritonflow.lineage/v1`: deployment, run, code, data, model, decision, release, inspect,
+metaflow.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from tritonflow.lineage.records import DeploymentRecord
+from tritonflow.lineage.releases import ReleaseState
 from tritonflow.lineage.runs import LiveRun
 
 SCHEMA = "tritonflow.lineage/v1"
@@ -16,9 +19,13 @@ MAX_CLASSES = 20  # class labels the text names; the JSON has them all
 
 
 def lineage_document(
-    record: DeploymentRecord, live: LiveRun | None, served_versions: list[int] | None
+    record: DeploymentRecord,
+    live: LiveRun | None,
+    served_versions: list[int] | None,
+    releases: ReleaseState | None = None,
 ) -> dict[str, Any]:
-    """Everything known about a deployment; `served_versions` None when it was not computed."""
+    """Everything known about a deployment; `served_versions` and `releases` (the model's release
+    state) None when they were not read."""
     meta, model = record.metaflow, record.model
     live = live or LiveRun(False, "live Metaflow lookup not requested")
     task = meta.get("task")
@@ -78,6 +85,7 @@ def lineage_document(
             "parity": model.get("parity"),
         },
         "decision": record.selection,
+        "release": release_section(record, releases),
         "inspect": {
             "run": f"Run('{meta['flow']}/{meta['run_id']}')" if meta.get("flow") else None,
             "deploy_task": f"Task('{task}')" if task else None,
@@ -88,6 +96,16 @@ def lineage_document(
         },
         "metaflow": {"available": live.available, "notice": live.notice},
     }
+
+
+def release_section(record: DeploymentRecord, state: ReleaseState | None) -> dict[str, Any] | None:
+    """The version's role now and the release events that changed it, with @deploy's own decision
+    (`record.release`); None when the release state was not read."""
+    if state is None:
+        return None
+    role = (state.role(record.version) or "challenger") if state.events else None
+    history = [{**asdict(e), "change": e.change()} for e in state.history(record.version)]
+    return {"role": role, "deploy": record.release, "history": history}
 
 
 def code_identity(meta: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +242,14 @@ def render_text(doc: dict[str, Any]) -> str:
             for c in decision["candidates"]
         ]
         _section(lines, f"Decision: {decision['rule']} (* = deployed)", rows)
+    release = doc.get("release")
+    if release:
+        deploy = release["deploy"] or {}
+        rows = [("role", release["role"] or "no release decisions yet (the version policy decides)")]
+        if deploy:
+            rows.append(("at deploy", _at_deploy(deploy)))
+        rows += [(e["when"], _event(e)) for e in release["history"]]
+        _section(lines, "Releases", rows)
     inspect = doc["inspect"]
     _section(
         lines,
@@ -233,6 +259,17 @@ def render_text(doc: dict[str, Any]) -> str:
     if doc["metaflow"]["notice"]:
         lines.append(f"note: {doc['metaflow']['notice']}")
     return "\n".join(lines)
+
+
+def _at_deploy(deploy: dict[str, Any]) -> str:
+    done = "promoted" if deploy.get("promoted") else "not promoted"
+    reason = f": {deploy['reason']}" if deploy.get("reason") else ""
+    return f"{done} (promote={deploy.get('promote', 'always')}){reason}"
+
+
+def _event(event: dict[str, Any]) -> str:
+    reason = f"  {event['reason']!r}" if event["reason"] else ""
+    return f"{event['change']} by {event['who']}{reason}"
 
 
 def _section(lines: list[str], title: str, rows: list[tuple[str, Any]]) -> None:

@@ -19,8 +19,9 @@ import numpy as np
 
 from tritonflow import __version__
 from tritonflow.lineage import layout
-from tritonflow.lineage.errors import NotFound
+from tritonflow.lineage.errors import NotFound, TritonflowError
 from tritonflow.lineage.records import DeploymentRecord
+from tritonflow.lineage.releases import ReleaseState, read_state
 from tritonflow.lineage.report import lineage_document
 from tritonflow.lineage.runs import LiveRun, live_run
 from tritonflow.serving.access import Access
@@ -86,7 +87,9 @@ class DataPlane:
         self.ready = False  # set once the repository is loaded, cleared on shutdown
         self._metrics = Metrics(self._stats, self._refusals, self._shadows)
         self._lineage_slots = Throttle("lineage", concurrency=1, queue=8)
-        self._lineage_cache: dict[tuple[str, int], tuple[float, DeploymentRecord, LiveRun]] = {}
+        self._lineage_cache: dict[
+            tuple[str, int], tuple[float, DeploymentRecord, LiveRun, ReleaseState | None]
+        ] = {}
         self.shared_memory = SharedMemory()  # NOTE: the node's regions, one set for every transport
         self._log = LogSettings()
         self._trace = TraceSettings()
@@ -222,9 +225,11 @@ class DataPlane:
                 self._lineage_cache.clear()
             cached = self._lineage_cache[model, number] = (time.monotonic() + LINEAGE_TTL_S, *found)
         served = sorted(serving.versions) if serving is not None else []
-        return lineage_document(cached[1], cached[2], served)
+        return lineage_document(cached[1], cached[2], served, cached[3])
 
-    async def _lineage_facts(self, model: str, number: int) -> tuple[DeploymentRecord, LiveRun]:
+    async def _lineage_facts(
+        self, model: str, number: int
+    ) -> tuple[DeploymentRecord, LiveRun, ReleaseState | None]:
         serving = self.registry.models.get(model)
         if serving is not None and number in serving.versions:
             record = serving.versions[number].record
@@ -234,7 +239,17 @@ class DataPlane:
             except NotFound:
                 raise ModelNotFound(model, number) from None
         # NOTE: the live Metaflow lookup imports metaflow on first use and reads its metadata: off the loop.
-        return record, await asyncio.to_thread(live_run, record)
+        return (
+            record,
+            await asyncio.to_thread(live_run, record),
+            await asyncio.to_thread(self._releases, model),
+        )
+
+    def _releases(self, model: str) -> ReleaseState | None:
+        try:
+            return read_state(self.registry.repository, model)
+        except TritonflowError:  # NOTE: a broken release log must not hide the lineage; the node logs it
+            return None
 
     # -- the repository API ------------------------------------------------------------------------
     def repository_index(self, ready_only: bool) -> list[dict[str, str]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from tritonflow.lineage.errors import NotFound, TritonflowError
 from tritonflow.lineage.records import DeploymentRecord
+from tritonflow.lineage.releases import read_state
 from tritonflow.lineage.report import lineage_document, render_text
 from tritonflow.lineage.repository import ModelRepository, default_repository
 from tritonflow.lineage.runs import live_run
@@ -71,7 +72,11 @@ def describe(repository: ModelRepository, record: DeploymentRecord, live: bool =
         served = model_config.served_versions(config, repository.versions(record.model_name))
     except TritonflowError:
         served = None
-    return lineage_document(record, live_run(record) if live else None, served)
+    try:
+        state = read_state(repository, record.model_name)
+    except TritonflowError:  # NOTE: a broken release log must not hide the lineage; releases says why
+        state = None
+    return lineage_document(record, live_run(record) if live else None, served, state)
 
 
 def id_from_response(path: Path) -> str:

@@ -367,6 +367,13 @@ def test_canary_and_shadow_commands(local_repo, make_record):
         and "v2 became canary for 10% of unversioned requests" in text
     )
     assert served(repo) == [1]
+    lineage = tritonflow("lineage", f"{MODEL}:2", "--repository", root, "--json", "--no-metaflow")
+    release = json.loads(lineage.stdout)["release"]
+    assert release["role"] == "canary" and [
+        (e["seq"], e["who"], e["reason"]) for e in release["history"]
+    ] == [(2, "carol", "try")]
+    text = tritonflow("lineage", f"{MODEL}:3", "--repository", root, "--no-metaflow").stdout
+    assert re.search(r"\nReleases\n  role +shadow\n  \S+Z +v3 became shadow by carol\n", text), text
 
     for args, message in (
         (("canary", root, f"{MODEL}:2", "--percent", "120"), "a canary share is a percentage from 0 to 100"),

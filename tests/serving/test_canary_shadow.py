@@ -135,6 +135,11 @@ def test_a_canary_takes_its_share_by_request_id_and_explicit_versions_stay(serve
         answered = {ask(conn, X[:1], f"req-{i}", version)[1]["model_version"] for i in range(100)}
         assert answered == {version}
     assert roles(server) == {(MODEL, "1", "champion"), (MODEL, "2", "canary")}
+    # the node's /lineage tells the version's role and the events that gave it
+    release_doc = server.json("GET", f"/v2/models/{MODEL}/versions/2/lineage")["release"]
+    assert release_doc["role"] == "canary" and [e["change"] for e in release_doc["history"]] == [
+        f"v2 became canary for {SHARE:g}% of unversioned requests"
+    ]
     # stopping it sends every unversioned request to the champion again
     release(local_repo, set_canary, None, 0)
     server.wait_for_state(MODEL, 2, "UNAVAILABLE")
