@@ -213,7 +213,7 @@ def promote(
     (the config is repaired). `replacing`: the champion the decision was made against (None: no
     champion); another one now is a ReleaseConflict, as is a race lost."""
     state = read_state(repository, model)
-    _check_published(repository, model, version, "champion")
+    check_published(repository, model, version, "champion")
     if replacing is not _KEEP and state.champion != replacing and state.champion != version:
         raise ReleaseConflict(
             f"model {model!r} changed since the decision to promote v{version} over "
@@ -239,7 +239,7 @@ def rollback(
             "--reason ...`)"
         )
     target = champions[-2]
-    _check_published(repository, model, target, "champion")
+    check_published(repository, model, target, "champion")
     return _append(repository, state, "rollback", target, policy, reason, None)
 
 
@@ -358,10 +358,10 @@ def _check_role(repository: ModelRepository, state: ReleaseState, version: int, 
         )
     if version == state.champion:
         raise ReleaseError(f"{state.model}:{version} is the champion: a {role} is another version")
-    _check_published(repository, state.model, version, role)
+    check_published(repository, state.model, version, role)
 
 
-def _check_published(repository: ModelRepository, model: str, version: int, role: str) -> None:
+def check_published(repository: ModelRepository, model: str, version: int, role: str) -> None:
     """Refuse a version without a readable deployment record (unpublished, unfinished, damaged)."""
     if version in repository.version_numbers(model) and version not in repository.versions(model):
         raise ReleaseError(

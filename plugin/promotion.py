@@ -25,7 +25,7 @@ from tritonflow.lineage.records import DeploymentRecord
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.plugin.options import PromoteRule
 from tritonflow.serving.backends import load_backend
-from tritonflow.serving.loading import Loader, LoadSettings
+from tritonflow.serving.loading import published_backend
 from tritonflow.serving.model_config import ModelConfig, parse_config, served_versions
 from tritonflow.serving.release_policy import champion_config
 
@@ -205,15 +205,16 @@ def _predict_new(files: dict[str, bytes], config: ModelConfig, rows: np.ndarray)
 
 
 def _predict_published(repository: ModelRepository, model: str, version: int, rows: np.ndarray) -> np.ndarray:
-    config = parse_config(repository.read_config(model))
-    with tempfile.TemporaryDirectory(prefix="tritonflow-promote-") as cache:
-        loader = Loader(LoadSettings(engine="auto", cache_dir=Path(cache), probe=None), mirror=None)
-        _, backend = loader.open(repository, model, version, config)
-        return _run(backend, config, rows)
+    with published_backend(repository, model, version) as (config, backend):
+        return _predict(backend, config, rows)
 
 
 def _run(backend: Any, config: ModelConfig, rows: np.ndarray) -> np.ndarray:
     try:
-        return np.asarray(backend.predict({config.input[0].name: rows})[config.output[0].name])
+        return _predict(backend, config, rows)
     finally:
         backend.unload()
+
+
+def _predict(backend: Any, config: ModelConfig, rows: np.ndarray) -> np.ndarray:
+    return np.asarray(backend.predict({config.input[0].name: rows})[config.output[0].name])

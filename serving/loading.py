@@ -16,6 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from tritonflow.lineage.repository import ModelRepository
 from tritonflow.serving.backends import Backend, backend_name, load_backend
 from tritonflow.serving.integrity import Incomplete, IntegrityError, check_record, checked_copy
 from tritonflow.serving.mirror import Mirror
-from tritonflow.serving.model_config import ModelConfig
+from tritonflow.serving.model_config import ModelConfig, check_config
 from tritonflow.serving.probe import ProbeFailed, ProbeLimits, probe_version
 
 log = logging.getLogger("tritonflow.serving")
@@ -141,3 +144,21 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+@contextmanager
+def published_backend(
+    repository: ModelRepository, model: str, version: int
+) -> Iterator[tuple[ModelConfig, Backend]]:
+    """A published version started as the node starts it (config checked, files verified against
+    the record, engine loaded), outside any node: for decisions that must judge what would serve.
+    Unloaded on exit; a version that does not load raises VersionRefused with the node's reason."""
+    where = f"{repository.uri}/{layout.config_key(model)}"
+    config = check_config(repository.read_config(model), where, model)
+    with tempfile.TemporaryDirectory(prefix="tritonflow-published-") as cache:
+        loader = Loader(LoadSettings(engine="auto", cache_dir=Path(cache), probe=None), mirror=None)
+        _, backend = loader.open(repository, model, version, config)
+        try:
+            yield config, backend
+        finally:
+            backend.unload()

@@ -16,6 +16,7 @@ from tritonflow.lineage import releases as release_log
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.ids import DeploymentId
 from tritonflow.lineage.repository import ModelRepository
+from tritonflow.serving.loading import published_backend
 from tritonflow.serving.model_config import parse_config, served_versions
 from tritonflow.serving.release_policy import champion_config
 
@@ -126,6 +127,7 @@ def _promote(args: argparse.Namespace) -> int:
     if not did.is_short:
         raise TritonflowError(f"give MODEL:VERSION, not a full deployment ID: {did.short}")
     repository = _open(args.repository, f"tritonflow promote {{}} {args.target} --reason ...")
+    check_loads(repository, did.model, did.version, "champion")
     state, event = release_log.promote(
         repository, did.model, did.version, _policy(repository), reason=args.reason
     )
@@ -181,6 +183,8 @@ def _traffic(role: str) -> Callable[[argparse.Namespace], int]:
             if not did.is_short:
                 raise TritonflowError(f"give MODEL:VERSION, not a full deployment ID: {did.short}")
             model, version = did.model, did.version
+        if version is not None:
+            check_loads(repository, model, version, role)
         policy = _policy(repository)
         if role == "canary":
             if version is not None and args.percent is None:
@@ -206,6 +210,19 @@ def _traffic(role: str) -> Callable[[argparse.Namespace], int]:
         return 0
 
     return main
+
+
+def check_loads(repository: ModelRepository, model: str, version: int, role: str) -> None:
+    """Refuse, before anything is written, a version that the node would refuse to serve."""
+    release_log.check_published(repository, model, version, role)
+    try:
+        with published_backend(repository, model, version):
+            pass
+    except TritonflowError as exc:
+        raise TritonflowError(
+            f"cannot make {model}:{version} {role}: it does not load as `tritonflow serve` loads it ({exc}); "
+            "nothing was changed"
+        ) from None
 
 
 def _open(uri: str, command: str) -> ModelRepository:

@@ -8,8 +8,13 @@ import os
 import re
 import subprocess
 import sys
+from functools import cache
 
+import numpy as np
 import pytest
+import treelite
+from sklearn.datasets import make_classification
+from sklearn.ensemble import RandomForestClassifier
 
 from tritonflow.lineage import layout
 from tritonflow.lineage.errors import RepositoryError, TritonflowError
@@ -60,8 +65,17 @@ def repo(request: pytest.FixtureRequest) -> ModelRepository:
     return ModelRepository(request.getfixturevalue("s3_bucket" if request.param == "s3" else "local_repo"))
 
 
+@cache
+def checkpoint() -> bytes:
+    """A real forest on CONFIG's signature: promote, canary and shadow load a version before they
+    write (4 features, 2 classes)."""
+    X, y = make_classification(64, 4, random_state=0)
+    forest = RandomForestClassifier(3, max_depth=3, random_state=0).fit(X.astype(np.float32), y)
+    return treelite.sklearn.import_model(forest).serialize_bytes()
+
+
 def publish(repo: ModelRepository, make_record, n: int) -> None:
-    files = {"checkpoint.tl": b"model"}
+    files = {"checkpoint.tl": checkpoint()}
     for _ in range(n):
         repo.publish(MODEL, CONFIG, files, lambda v: make_record(MODEL, v, files=files), {"run": "r"})
 
@@ -421,6 +435,14 @@ def test_the_commands_fail_in_one_line_with_exit_2(local_repo, make_record):
         done = tritonflow(*args)
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    publish(repo, make_record, 1)
+    repo.store.write(f"{MODEL}/2/checkpoint.tl", b"overwritten")  # its record's sha256 no longer matches
+    for args in (("promote", root, "m:2", "--reason", "x"), ("canary", root, "m:2", "--percent", "5")):
+        done = tritonflow(*args)
+        role = "champion" if args[0] == "promote" else "canary"
+        assert done.returncode == 2, done.stderr
+        assert f"cannot make m:2 {role}: it does not load as `tritonflow serve` loads it (" in done.stderr
+        assert "checkpoint.tl" in done.stderr and "nothing was changed" in done.stderr, done.stderr
     missing_reason = tritonflow("promote", root, "m:1")
     assert missing_reason.returncode == 2 and "--reason" in missing_reason.stderr
     assert repo.store.list(layout.releases_prefix(MODEL)) == []
