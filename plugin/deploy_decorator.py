@@ -52,9 +52,11 @@ class DeployDecorator(StepDecorator):
         Artifact with a dict of metrics to record.
     promote : str, default "always"
         "always" (the new version becomes champion), "never" (published as a challenger; the first
-        version of a model is still promoted) or "if_better:<metric>" (roc_auc, average_precision,
-        log_loss, accuracy, f1, rmse, mae, r2): promoted only if it scores strictly better than the
-        champion on `sample` and `labels`.
+        version of a model is still promoted), "on_success" (a challenger until the whole run has
+        finished successfully, then champion; only where `flow.py run` drives the run: on Argo or
+        Step Functions it stays pending for `tritonflow promote`) or "if_better:<metric>"
+        (roc_auc, average_precision, log_loss, accuracy, f1, rmse, mae, r2): promoted only if it
+        scores strictly better than the champion on `sample` and `labels`.
     labels : str, optional
         Artifact with one label per row of `sample` (promote="if_better:...").
     instance_kind : str, default "cpu"
@@ -94,6 +96,23 @@ class DeployDecorator(StepDecorator):
         except TritonflowError as exc:
             raise DeployException(f"step *{step_name}*: {exc}") from None
         self.flow_datastore = flow_datastore
+        self.flow_name = flow.name
+
+    def runtime_init(self, flow, graph, package, run_id):
+        self.run_id = str(run_id)
+
+    def runtime_finished(self, exception):
+        # NOTE: called in the process that ran `flow.py run`, once, when the whole run has ended
+        if self.options.promote.mode != "on_success" or not getattr(self, "run_id", None):
+            return
+        from tritonflow.plugin.on_success import settle_run
+
+        try:
+            lines = settle_run(self.options.repository, self.options.name, self.flow_name, self.run_id)
+        except TritonflowError as exc:
+            lines = [f"could not settle promote=on_success: {exc}"]
+        for line in lines:
+            print(f"@deploy: {line}")
 
     def task_pre_step(
         self,

@@ -63,7 +63,8 @@ class SelectRule:
 
 @dataclass(frozen=True)
 class PromoteRule:
-    """`always`, `never` or `if_better:<metric>`: whether a deploy's version becomes champion."""
+    """`always`, `never`, `on_success` or `if_better:<metric>`: whether a deploy's version becomes
+    champion."""
 
     mode: str
     metric: str | None = None
@@ -71,10 +72,12 @@ class PromoteRule:
     @classmethod
     def parse(cls, text: str) -> PromoteRule:
         mode, colon, metric = str(text).partition(":")
-        if (mode in ("always", "never") and not colon) or (mode == "if_better" and metric in PROMOTE_METRICS):
+        if (mode in ("always", "never", "on_success") and not colon) or (
+            mode == "if_better" and metric in PROMOTE_METRICS
+        ):
             return cls(mode, metric or None)
         raise OptionError(
-            f"promote={text!r} is not a promotion rule: use 'always' (the default), 'never' or "
+            f"promote={text!r} is not a promotion rule: use 'always' (the default), 'never', 'on_success' or "
             f"'if_better:<metric>' with a metric of {', '.join(PROMOTE_METRICS)}, "
             "e.g. promote='if_better:roc_auc'"
         )

@@ -55,6 +55,7 @@ class Decision:
             "champion": self.champion,
             "reason": self.reason,
             "evaluation": self.evaluation,
+            "pending": self.rule.mode == "on_success" and not self.promote,  # on_success.py settles it
         }
 
 
@@ -103,6 +104,8 @@ def decide(
         return Decision(rule, True, current, "")
     if rule.mode == "never":
         return Decision(rule, False, current, f"published as a challenger, v{current} stays champion")
+    if rule.mode == "on_success":
+        return Decision(rule, False, current, f"champion once its run succeeds; v{current} stays until then")
     metric = rule.metric or ""
     files, config = new
     new_score = score(metric, _predict_new(files, config, rows), truth, classes)

@@ -83,7 +83,9 @@ def describe(repository: ModelRepository, model: str) -> dict[str, Any]:
         if entry.record is None:
             role = "unfinished"
         elif state.champion is not None:
-            role = state.role(version) or "challenger"
+            role = state.role(version) or (
+                "pending" if (entry.record.release or {}).get("pending") else "challenger"
+            )
         else:  # NOTE: no decision yet: config.pbtxt's version_policy (latest 1 as @deploy writes it) serves
             role = "serving" if version in served else "challenger"
         record = entry.record

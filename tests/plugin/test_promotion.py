@@ -163,6 +163,7 @@ def test_if_better_refuses_labels_it_cannot_score_and_publishes_nothing(
         ({"promote": "sometimes"}, "promote='sometimes' is not a promotion rule: use 'always'"),
         ({"promote": "if_better:auc"}, "with a metric of roc_auc, average_precision, log_loss, accuracy"),
         ({"promote": "never:x"}, "promote='never:x' is not a promotion rule"),
+        ({"promote": "on_success:x"}, "use 'always' (the default), 'never', 'on_success' or"),
         ({"promote": "if_better:f1", "sample": "X_val"}, "also pass labels= (artifacts"),
         ({"promote": "if_better:f1"}, "also pass sample= and labels="),
         ({"labels": "y-val"}, "labels='y-val' must name an artifact"),
@@ -218,4 +219,36 @@ def test_three_flow_runs_promote_only_the_better_models(tmp_path: Path, metaflow
     assert "@deploy: fraud:3 promoted (promote=if_better:roc_auc): roc_auc" in logs[2]
     state = releases.read_state(repository, "fraud")
     assert state.champions == [1, 3] and state.events[-1].evaluation == high
+    assert served_versions(parse_config(repository.read_config("fraud")), [1, 2, 3]) == [3]
+
+
+@pytest.mark.slow
+def test_on_success_promotes_only_once_the_run_succeeded(
+    tmp_path: Path, metaflow_env: dict[str, str]
+) -> None:
+    repo = tmp_path / "repo"
+    env = {
+        **os.environ,
+        **metaflow_env,
+        "TRITONFLOW_REPOSITORY": str(repo),
+        "PROMOTE_DEPLOY": json.dumps({"name": "fraud", "promote": "on_success"}),
+    }
+    logs = []
+    for quality, fail in (("fair", False), ("good", True), ("good", False)):
+        command = [sys.executable, str(PROMOTE_FLOW), "--no-pylint", "run", "--quality", quality]
+        command += ["--fail_at_end", "true"] if fail else []
+        result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert (result.returncode != 0) == fail, (result.stdout + result.stderr)[-3000:]
+        logs.append(result.stdout + result.stderr)
+
+    repository = ModelRepository(repo)
+    first, failed, good = (repository.read_record("fraud", v) for v in (1, 2, 3))
+    assert first.release["promoted"] and not first.release["pending"]  # no champion yet: at once
+    assert failed.release["pending"] and not failed.release["promoted"]
+    assert f"@deploy: {failed.deployment_id} stays a challenger: its run is " in logs[1], logs[1][-2000:]
+    assert f"@deploy: {good.deployment_id} is now the champion: its run finished successfully" in logs[2]
+    state = releases.read_state(repository, "fraud")
+    assert state.champions == [1, 3] and state.events[-1].reason == (
+        f"@deploy promote=on_success: run {good.run_pathspec} finished successfully"
+    )
     assert served_versions(parse_config(repository.read_config("fraud")), [1, 2, 3]) == [3]

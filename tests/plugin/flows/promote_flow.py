@@ -14,6 +14,7 @@ FORESTS = {"fair": (3, 1), "shuffled": (3, 1), "good": (40, 6)}  # quality -> (t
 
 class PromoteFlow(FlowSpec):
     quality = Parameter("quality", default="fair", help="fair | shuffled | good")
+    fail_at_end = Parameter("fail_at_end", default=False, type=bool, help="the run fails after the deploy")
 
     @step
     def start(self):
@@ -35,7 +36,8 @@ class PromoteFlow(FlowSpec):
 
     @step
     def end(self):
-        pass
+        if self.fail_at_end:
+            raise RuntimeError("the run fails after its deploy step")
 
 
 if __name__ == "__main__":
