@@ -33,6 +33,20 @@ def _point_metaflow_at(record: DeploymentRecord) -> None:
         os.environ["METAFLOW_DATASTORE_SYSROOT_LOCAL"] = os.path.dirname(root.rstrip("/"))
 
 
+def _status(run: Any) -> str:
+    """successful, failed or running. NOTE: Metaflow calls a run whose task failed "not finished",
+    like one still going; the failed task's metadata (attempt_ok False) in its latest step tells."""
+    if run.finished:
+        return "successful" if run.successful else "failed"
+    try:
+        latest = next(iter(run), None)
+        if latest is not None and any(t.metadata_dict.get("attempt_ok") == "False" for t in latest):
+            return "failed"
+    except Exception:  # noqa: BLE001 - a step that cannot be read leaves the run "running"
+        pass
+    return "running"
+
+
 def live_run(record: DeploymentRecord) -> LiveRun:
     """Look the record's run up; never raises for an unreachable or deleted run."""
     meta = record.metaflow
@@ -64,7 +78,7 @@ def live_run(record: DeploymentRecord) -> LiveRun:
             "showing the deployment record only",
         )
     info: dict[str, Any] = {
-        "status": "successful" if run.successful else "failed" if run.finished else "running",
+        "status": _status(run),
         "created_at": _iso(run.created_at),
         "finished_at": _iso(run.finished_at),
         "user_tags": sorted(run.user_tags),

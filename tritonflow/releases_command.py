@@ -15,12 +15,15 @@ from typing import Any
 from tritonflow.lineage import releases as release_log
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.ids import DeploymentId
+from tritonflow.lineage.records import DeploymentRecord
 from tritonflow.lineage.repository import ModelRepository
+from tritonflow.lineage.runs import live_run
 from tritonflow.serving.loading import published_backend
 from tritonflow.serving.model_config import parse_config, served_versions
 from tritonflow.serving.release_policy import champion_config
 
 JSON_SCHEMA = "tritonflow.releases/v1"
+COLUMNS = ("version", "role", "deployment_id", "run", "run_status")
 
 
 @dataclass(frozen=True)
@@ -42,27 +45,27 @@ def _releases_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help=f"print the documented JSON (schema {JSON_SCHEMA})"
     )
+    parser.add_argument(
+        "--no-metaflow", action="store_true", help="skip the runs' status (read from Metaflow's metadata)"
+    )
 
 
 def _releases(args: argparse.Namespace) -> int:
     repository = _open(args.repository, f"tritonflow releases {{}} {args.model}")
-    document = describe(repository, args.model)
+    document = describe(repository, args.model, live=not args.no_metaflow)
     if args.json:
         print(json.dumps(document, indent=2, sort_keys=True))
         return 0
-    rows = [
-        {k: str(v.get(k) or "") for k in ("version", "role", "deployment_id", "run")}
-        for v in document["versions"]
-    ]
+    rows = [{k: str(v.get(k) or "") for k in COLUMNS} for v in document["versions"]]
     for row in rows:
         if row["role"] == "canary":
             row["role"] = f"canary {document['canary']['percent']:g}%"
-    header = {k: k.upper().replace("_", " ") for k in ("version", "role", "deployment_id", "run")}
+    header = {k: k.upper().replace("_", " ") for k in COLUMNS}
     widths = {k: max(len(r[k]) for r in [header, *rows]) for k in header}
     for row in [header, *rows]:
         print("  ".join(row[k].ljust(widths[k]) for k in header).rstrip())
-    if document["drift"]:
-        print(f"warning: {document['drift']}")
+    for warning in filter(None, (document["drift"], document["champion_run"])):
+        print(f"warning: {warning}")
     print("history:" if document["history"] else "history: no release decisions yet (version_policy decides)")
     for e in document["history"]:
         evaluation = f"  evaluation {json.dumps(e['evaluation'])}" if e["evaluation"] else ""
@@ -72,13 +75,15 @@ def _releases(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(repository: ModelRepository, model: str) -> dict[str, Any]:
-    """The model's versions with their role, the champion, and the history: `releases --json`."""
+def describe(repository: ModelRepository, model: str, live: bool = True) -> dict[str, Any]:
+    """The model's versions with their role and their run's status, the champion, canary, shadow and
+    the history: `releases --json`. `live`: ask Metaflow for each run's status ("unknown" otherwise)."""
     state = release_log.read_state(repository, model)
     config = parse_config(repository.read_config(model))
     entries = {e.version: e for e in repository.entries() if e.model == model}
     served = served_versions(config, [v for v, e in entries.items() if e.record])
     versions = []
+    statuses: dict[str, str] = {}
     for version, entry in sorted(entries.items()):
         if entry.record is None:
             role = "unfinished"
@@ -95,8 +100,16 @@ def describe(repository: ModelRepository, model: str) -> dict[str, Any]:
                 "role": role,
                 "deployment_id": record.deployment_id if record else None,
                 "run": record.run_pathspec if record else None,
+                "run_status": _run_status(record, statuses) if record and live else "unknown",
                 "created_at": record.created_at if record else None,
             }
+        )
+    champion = next((v for v in versions if v["version"] == state.champion), None)
+    champion_run = None
+    if champion and champion["run_status"] in ("failed", "running"):
+        champion_run = (
+            f"v{state.champion} is champion but its run {champion['run']} is {champion['run_status']}: "
+            f"`tritonflow rollback {repository.given} {model}` if it should not serve"
         )
     drift = None
     if state.champion is not None and served != [state.champion]:
@@ -114,7 +127,16 @@ def describe(repository: ModelRepository, model: str) -> dict[str, Any]:
         "versions": versions,
         "history": [asdict(event) for event in state.events],
         "drift": drift,
+        "champion_run": champion_run,
     }
+
+
+def _run_status(record: DeploymentRecord, known: dict[str, str]) -> str:
+    """successful, failed, running or unknown (not in the metadata Metaflow reaches), once per run."""
+    run = record.run_pathspec or ""
+    if run not in known:
+        known[run] = live_run(record).run.get("status", "unknown")
+    return known[run]
 
 
 # -- tritonflow promote / rollback -------------------------------------------------------------------
