@@ -5,14 +5,17 @@ A publish writes, in order: the claim `<model>/.versions/<n>`, the index entries
 files with deployment.json last (locally staged in `<model>/.staging-<n>-<hex>` and renamed into
 place; on S3 object by object). A deploy killed on the way leaves a prefix of that: a claim alone,
 index entries of a version that never got its record, a staging folder, a version folder without
-deployment.json; a killed `write` leaves a temp file (`.config.pbtxt.<8 characters>`, or of the
-labels file beside it).
+deployment.json. A killed `write` or `create` of the local store leaves a temp file
+`.<name>.<8 characters>` beside the file it was to become: config.pbtxt or the labels file, an index
+entry, a claim in `.versions/`, a release event in `.releases/` (on S3 each is one put: none there).
 
 What is never removed: anything of a version that has a deployment.json; anything of a version
 any piece of which is younger than `min_age` (a deploy in progress); the highest claim of a model
 (claims are why version numbers are never reused); a version folder without a claim, which
-tritonflow did not start (a model copied in by hand). A model's config.pbtxt stays too: a model
-with no versions yet is a valid model.
+tritonflow did not start (a model copied in by hand); a version that the model's release log names
+(promoted, rolled back to, canary or shadow: it was published, so a missing deployment.json is damage
+to repair, not a killed deploy); the release events themselves. A model's config.pbtxt stays too: a
+model with no versions yet is a valid model.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tritonflow.lineage import layout
+from tritonflow.lineage.errors import RepositoryError
+from tritonflow.lineage.releases import read_state
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.lineage.store.base import StoredFile
 from tritonflow.lineage.store.local import STAGING, TEMP
@@ -78,7 +83,7 @@ def plan(
     return [
         finding
         for model, files in sorted(models.items())
-        for finding in _model_findings(model, files, min_age, now)
+        for finding in _model_findings(model, files, _released(repository, model, files), min_age, now)
     ]
 
 
@@ -102,7 +107,34 @@ def apply(repository: ModelRepository, findings: Iterable[Finding]) -> list[Find
     return done
 
 
-def _model_findings(model: str, files: dict[str, StoredFile], min_age: float, now: float) -> list[Finding]:
+def _released(repository: ModelRepository, model: str, files: dict[str, StoredFile]) -> dict[int, str]:
+    """Why each version that the model's release log names is kept, by version number.
+
+    A history that does not read stops gc before it removes anything: which versions were released
+    cannot be told, and a guess could remove a champion's files.
+    """
+    events = f"{layout.RELEASES}/"
+    if not any(r.startswith(events) and layout.parse_release(r[len(events) :]) for r in files):
+        return {}  # NOTE: no read for the many models that never had a release decision
+    try:
+        state = read_state(repository, model)
+    except RepositoryError as exc:
+        raise RepositoryError(
+            f"cannot tell which versions of {model!r} were released, so gc removes nothing: {exc}"
+        ) from None
+    kept = {}
+    for n in {n for e in state.events for n in (e.version, e.previous, e.canary, e.shadow) if n}:
+        role = state.role(n)
+        kept[n] = (
+            f"{model}:{n} is {f'the {role}' if role else 'in the release history'} of {model} but has "
+            f"no {layout.RECORD}: restore it (a released version is never removed)"
+        )
+    return kept
+
+
+def _model_findings(
+    model: str, files: dict[str, StoredFile], released: dict[int, str], min_age: float, now: float
+) -> list[Finding]:
     versions: dict[int, _Version] = defaultdict(_Version)
     temps: list[StoredFile] = []
     for rest, f in files.items():
@@ -119,12 +151,13 @@ def _model_findings(model: str, files: dict[str, StoredFile], min_age: float, no
             and (n := layout.parse_version(parts[1])) is not None
         ):
             versions[n].claim = f
-        elif len(parts) == 3 and parts[0] in (layout.TASKS, layout.RUNS):
-            if (n := layout.parse_version(parts[2])) is not None:
-                versions[n].index.append(f)
-            elif layout.parse_version(_temp_target(parts[2])) is not None:
-                temps.append(f)
-        elif len(parts) == 1 and _temp_target(parts[0]) in MODEL_FILES:
+        elif (
+            len(parts) == 3
+            and parts[0] in (layout.TASKS, layout.RUNS)
+            and (n := layout.parse_version(parts[2])) is not None
+        ):
+            versions[n].index.append(f)
+        elif _is_temp(parts):
             temps.append(f)
     claims = [n for n, v in versions.items() if v.claim]
     top = max(claims, default=None)
@@ -132,7 +165,7 @@ def _model_findings(model: str, files: dict[str, StoredFile], min_age: float, no
         finding
         for n, v in sorted(versions.items())
         if f"{n}/{layout.RECORD}" not in files  # NOTE: a published version, claim and index included, stays
-        for finding in _version_findings(model, n, v, top, min_age, now)
+        for finding in _version_findings(model, n, v, top, released.get(n, ""), min_age, now)
     ]
     for f in temps:
         young = _young(now - f.modified, min_age)
@@ -142,11 +175,12 @@ def _model_findings(model: str, files: dict[str, StoredFile], min_age: float, no
 
 
 def _version_findings(
-    model: str, n: int, v: _Version, top: int | None, min_age: float, now: float
+    model: str, n: int, v: _Version, top: int | None, released: str, min_age: float, now: float
 ) -> list[Finding]:
     """Findings for an unpublished version `n`: folder, staging, index entries, then the claim last,
-    so that a gc killed halfway leaves the claim for the next gc to finish with."""
-    young = _young(now - max(f.modified for f in v.pieces()), min_age)
+    so that a gc killed halfway leaves the claim for the next gc to finish with. `released`: why the
+    release log keeps it ('' when it does not)."""
+    young = released or _young(now - max(f.modified for f in v.pieces()), min_age)
     guard = layout.record_key(model, n)
     out = []
     if v.files:
@@ -182,10 +216,20 @@ def _folder(key: str, files: list[StoredFile], remove: bool, reason: str, guard:
     return Finding(key, remove, reason, len(files), sum(f.size for f in files), guard)
 
 
-def _temp_target(name: str) -> str:
-    """The file that a temp file of `LocalStore.write` was to become ('' for any other name)."""
+def _is_temp(parts: list[str]) -> bool:
+    """Whether the key below a model (split on '/') is a temp file of `LocalStore.write` or `create`."""
+    *folder, name = parts
     match = TEMP.fullmatch(name)
-    return match["target"] if match else ""
+    if match is None:
+        return False  # NOTE: a real claim `<n>` or event `<seq>.json` never matches: no leading dot
+    target = match["target"]
+    if not folder:
+        return target in MODEL_FILES
+    if folder == [layout.RELEASES]:
+        return layout.parse_release(target) is not None
+    if folder == [layout.CLAIMS] or (len(folder) == 2 and folder[0] in (layout.TASKS, layout.RUNS)):
+        return layout.parse_version(target) is not None
+    return False
 
 
 def _young(age: float, min_age: float) -> str:

@@ -1,4 +1,5 @@
-"""`tritonflow gc REPOSITORY`: remove what killed deploys left, one line per leftover and why."""
+"""`tritonflow gc REPOSITORY`: remove what killed deploys and release commands left, one line per
+leftover and why."""
 
 from __future__ import annotations
 

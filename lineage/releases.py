@@ -211,10 +211,12 @@ def promote(
 ) -> tuple[ReleaseState, ReleaseEvent | None]:
     """Make `version` the champion (a canary or shadow of it ends). None as the event: it already was
     (the config is repaired). `replacing`: the champion the decision was made against (None: no
-    champion); another one now is a ReleaseConflict, as is a race lost."""
+    champion); another one now is a ReleaseConflict, as is a race lost. An empty log was empty when
+    the decision was made (it is append-only), so a champion then could only come from `latest 1`,
+    which nobody has replaced."""
     state = read_state(repository, model)
     check_published(repository, model, version, "champion")
-    if replacing is not _KEEP and state.champion != replacing and state.champion != version:
+    if replacing is not _KEEP and state.events and state.champion != replacing and state.champion != version:
         raise ReleaseConflict(
             f"model {model!r} changed since the decision to promote v{version} over "
             f"{_name(replacing)}: {state.events[-1].describe()}; nothing was written"

@@ -262,7 +262,7 @@ def render_text(doc: dict[str, Any]) -> str:
 
 
 def _at_deploy(deploy: dict[str, Any]) -> str:
-    done = "promoted" if deploy.get("promoted") else "not promoted"
+    done = "decided to promote" if deploy.get("promoted") else "not promoted"  # NOTE: the role says if it did
     reason = f": {deploy['reason']}" if deploy.get("reason") else ""
     return f"{done} (promote={deploy.get('promote', 'always')}){reason}"
 

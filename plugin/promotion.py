@@ -49,6 +49,8 @@ class Decision:
         return f"@deploy promote={self.rule}" + (f": {self.reason}" if self.reason else "")
 
     def to_record(self) -> dict[str, Any]:
+        """The record's `release`: the decision, made against `champion`. The record is written before
+        the decision takes effect, so whether it did is the release log's (an event naming the version)."""
         return {
             "promote": str(self.rule),
             "promoted": self.promote,
@@ -58,14 +60,37 @@ class Decision:
             "pending": self.rule.mode == "on_success" and not self.promote,  # on_success.py settles it
         }
 
+    @classmethod
+    def from_record(cls, release: dict[str, Any]) -> Decision:
+        return cls(
+            PromoteRule.parse(release.get("promote", "always")),
+            bool(release.get("promoted")),
+            release.get("champion"),
+            release.get("reason", ""),
+            release.get("evaluation"),
+        )
+
 
 def describe(record: DeploymentRecord) -> str:
-    """The step's log line: 'fraud-classifier:3 not promoted (promote=if_better:roc_auc): roc_auc 0.61
-    < champion v2's 0.93'."""
+    """The step's log line, from the decision in the record and its effect in the release log:
+    'fraud-classifier:3 not promoted (promote=if_better:roc_auc): roc_auc 0.61 < champion v2's 0.93'."""
     release = record.release or {}
-    done = "promoted" if release.get("promoted") else "not promoted"
-    reason = release.get("reason")
     rule = release.get("promote", "always")
+    reason = release.get("reason") or ""
+    done = "not promoted"
+    if release.get("promoted"):
+        state = releases.read_state(ModelRepository(record.repository), record.model_name)
+        if any(e.kind == "promote" and e.version == record.version for e in state.events):
+            done = "promoted"
+        else:  # NOTE: the decision lost a race (settle): say so, rather than what was decided
+            how = (
+                f"`tritonflow promote {record.repository} {record.model_name}:{record.version} --reason ...`"
+            )
+            reason = (
+                f"{reason + '; ' if reason else ''}but v{state.champion} became champion while this deploy "
+                f"scored (the decision was against {_name(release.get('champion'))}), so it stays a "
+                f"challenger: promote it by hand if it should serve ({how})"
+            )
     return f"{record.model_name}:{record.version} {done} (promote={rule})" + (f": {reason}" if reason else "")
 
 
@@ -123,22 +148,35 @@ def decide(
     return Decision(rule, better, current, reason, evaluation)
 
 
-def settle(repository: ModelRepository, model: str, version: int, decision: Decision) -> None:
-    """After the publish: the promote event (and its config), or the config kept on the champion."""
-    state = releases.read_state(repository, model)
-    target = version if decision.promote else decision.champion
+def settle(repository: ModelRepository, record: DeploymentRecord) -> None:
+    """After the publish, and again on a retried task that had published: the decision in the record
+    takes effect (the promote event and its config), or the config is kept on the champion. Idempotent:
+    once any event names the version, it was settled, and a later event may have replaced it since."""
+    if record.release is None:  # NOTE: published before releases: nothing was decided
+        return
+    decision = Decision.from_record(record.release)
+    state = releases.read_state(repository, record.model_name)
+    if any(record.version in (e.version, e.previous, e.canary, e.shadow) for e in state.events):
+        return
+    target = record.version if decision.promote else decision.champion
     # NOTE: not promoting in a model that `latest 1` served: its champion is written down, so it stays
-    if target is not None and (decision.promote or state.champion is None):
+    if target is None or not (decision.promote or state.champion is None):
+        releases.apply_state(repository, state, champion_config)  # NOTE: a promotion since then wins
+        return
+    try:
         releases.promote(
             repository,
-            model,
+            record.model_name,
             target,
             champion_config,
             reason=decision.event_reason,
             evaluation=decision.evaluation,
+            replacing=decision.champion,
         )
-    else:  # NOTE: a promotion that landed while we published wins: the config follows the state
-        releases.apply_state(repository, state, champion_config)
+    except releases.ReleaseConflict:  # NOTE: another champion took over while this deploy scored: the
+        # version stays a challenger (describe() says so), and the config, which the publish wrote
+        # serving the champion decided against, follows the log again
+        releases.apply_state(repository, releases.read_state(repository, record.model_name), champion_config)
 
 
 def score(metric: str, output: np.ndarray, truth: np.ndarray, classes: Sequence[str]) -> float:
@@ -221,3 +259,7 @@ def _run(backend: Any, config: ModelConfig, rows: np.ndarray) -> np.ndarray:
 
 def _predict(backend: Any, config: ModelConfig, rows: np.ndarray) -> np.ndarray:
     return np.asarray(backend.predict({config.input[0].name: rows})[config.output[0].name])
+
+
+def _name(version: int | None) -> str:
+    return f"v{version}" if version is not None else "no champion"

@@ -50,8 +50,9 @@ def deploy(
 
     Every check (export, config schema and FIL rules, parity, signature, the promote decision) runs
     before the repository is touched; a retried task that already published the same files gets its
-    earlier deployment back instead of a second version. The config is written serving the current
-    champion; the new version takes over only once its promote event is written (promotion.settle).
+    earlier deployment back (settled, if a crash stopped it before) instead of a second version. The
+    config is written serving the current champion; the new version takes over only once its promote
+    event is written (promotion.settle).
     """
     signature = describe(model, sample)
     export = export_model(model, options.format, signature.n_features, options.triton_version)
@@ -75,7 +76,8 @@ def deploy(
     task = provenance.metaflow.get("task", "")
     digests = {name: sha256_hex(data) for name, data in export.files.items()}
     previous = repository.find_task_deployment(options.name, task, set(digests.values())) if task else None
-    if previous is not None:
+    if previous is not None:  # NOTE: its settle may not have run (a crash between): settle is idempotent
+        promotion.settle(repository, previous)
         return previous
     decision = promotion.decide(
         options.promote,
@@ -105,7 +107,7 @@ def deploy(
             ],
             format=export.format,
             backend=export.backend,
-            config=_config_summary(config, config_text, beside),
+            config=_config_summary(written, beside),
             signature={
                 "n_features": signature.n_features,
                 "feature_names": signature.feature_names,
@@ -131,7 +133,7 @@ def deploy(
         check_current=lambda text: _check_signature(text, config, spec.labels, options.name, repository),
         model_files=beside,
     )
-    promotion.settle(repository, options.name, record.version, decision)
+    promotion.settle(repository, record)
     return record
 
 
@@ -162,15 +164,23 @@ def _check_signature(
         )
 
 
-def _config_summary(config: model_config.ModelConfig, text: str, beside: dict[str, bytes]) -> dict[str, Any]:
-    """config.pbtxt in brief, with its sha256, and the files beside it (the labels file) with theirs."""
+def _config_summary(text: str, beside: dict[str, bytes]) -> dict[str, Any]:
+    """config.pbtxt as this deploy wrote it (serving the champion of the time; the version's promote
+    event then rewrites its version_policy, as every release command does) in brief, with its sha256,
+    and the files beside it (the labels file) with theirs."""
+    config = model_config.parse_config(text)
+    policy = config.version_policy
     return {
         "sha256": sha256_hex(text.encode()),
         "backend": config.backend,
         "max_batch_size": config.max_batch_size,
         "instance_kind": model_config.instance_kind(config),
         "max_queue_delay_us": config.dynamic_batching.max_queue_delay_microseconds,
-        "version_policy": {"latest": config.version_policy.latest.num_versions},
+        "version_policy": (
+            {"specific": list(policy.specific.versions)}
+            if policy.WhichOneof("policy_choice") == "specific"
+            else {"latest": policy.latest.num_versions}
+        ),
         "parameters": {k: v.string_value for k, v in sorted(config.parameters.items())},
         "model_files": [
             {"path": name, "sha256": sha256_hex(data), "size": len(data)}

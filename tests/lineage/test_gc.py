@@ -20,7 +20,9 @@ import pytest
 
 from tritonflow.lineage import gc, layout
 from tritonflow.lineage.records import DeploymentRecord, sha256_hex, utc_now
+from tritonflow.lineage.releases import ReleaseEvent
 from tritonflow.lineage.repository import ModelRepository
+from tritonflow.lineage.store.local import TEMP
 from tritonflow.lineage.store.s3 import S3Store
 
 HERE = Path(__file__).resolve().parent
@@ -58,6 +60,8 @@ def publish_and_stop_at(point: str, uri: str, model: str, run: str, ready: str) 
     Points: "index" before the first index entry (a claim alone), "files" before the files (claim +
     index entries), "config" before config.pbtxt lands (locally inside `write`, whose temp file
     stays), "record" before deployment.json lands (every other file is there; locally in staging).
+    Local only, inside `LocalStore.create` with its temp file written and not linked yet: "claim"
+    (the version's claim), "event" (instead of a publish: a promotion of the model's highest version).
     """
 
     def stop(*_: Any, **__: Any) -> None:
@@ -68,7 +72,16 @@ def publish_and_stop_at(point: str, uri: str, model: str, run: str, ready: str) 
     repo = ModelRepository(uri)
     store = repo.store
     name = layout.CONFIG if point == "config" else layout.RECORD
-    if point == "index":
+    if point in ("claim", "event"):
+        folder = layout.CLAIMS if point == "claim" else layout.RELEASES
+        link = os.link
+        os.link = lambda src, dst: stop() if Path(dst).parent.name == folder else link(src, dst)
+        if point == "event":
+            from tritonflow.lineage.releases import promote
+            from tritonflow.serving.release_policy import champion_config
+
+            promote(repo, model, max(repo.versions(model)), champion_config, reason="killed")
+    elif point == "index":
         store.write = stop
     elif point == "files":
         store.publish = stop
@@ -289,16 +302,122 @@ def test_the_gc_command_fails_clearly(tmp_path):
     assert bad.returncode == 2 and "not a number of seconds >= 0" in bad.stderr
 
 
-def test_temp_files_of_the_model_level_files_are_removed_and_others_kept(tmp_path: Path) -> None:
-    """A killed write of config.pbtxt or of the labels file beside it leaves `.<name>.<8 chars>`."""
+def test_a_release_history_that_does_not_read_stops_gc_before_it_removes_anything(local_repo, tmp_path):
+    repo = ModelRepository(local_repo)
+    publish(repo, "a", "1")
+    left = kill_deploy(repo, "a", "record", tmp_path)  # removable once the history reads
+    kill_deploy(repo, "a", "index", tmp_path)
+    publish(repo, "b", "1")
+    gap = ReleaseEvent(2, "promote", 1, None, "ci", utc_now(), "by hand")  # event 1 is missing
+    repo.store.write(layout.release_key("b", 2), gap.to_json())
+    before = repo.store.walk("")
+    result = tritonflow("gc", repo.uri, "--min-age", "0")
+    assert (result.returncode, result.stdout, repo.store.walk("")) == (2, "", before)
+    assert result.stderr.startswith(
+        "tritonflow gc: error: cannot tell which versions of 'b' were released, so gc removes nothing: "
+    )
+    assert (
+        "restore the missing or renamed event files" in result.stderr and len(result.stderr.splitlines()) == 1
+    )
+    repo.store.delete(layout.releases_prefix("b"))
+    assert covered(removed(gc.apply(repo, gc.plan(repo, min_age=0))), {f.key for f in before}) == left
+
+
+def test_temp_files_of_killed_writes_and_creates_are_removed_once_old_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """A killed write or create leaves `.<name>.<8 chars>` beside the file it was to become: config.pbtxt,
+    the labels file, an index entry, a claim, a release event. Other names like them are not the store's."""
     repo = ModelRepository(tmp_path)
     publish(repo, "m", "1")
     folder = tmp_path / "m"
-    names = [f".{layout.CONFIG}.ab12cd34", f".{layout.LABEL_FILE}.x9y8z7w6", ".notes.txt.ab12cd34"]
-    for name in names:
+    (task,) = (folder / layout.TASKS).iterdir()
+    temps = {
+        f".{layout.CONFIG}.ab12cd34",
+        f".{layout.LABEL_FILE}.x9y8z7w6",
+        f"{layout.TASKS}/{task.name}/.2.zz11yy22",
+        f"{layout.CLAIMS}/.2.k_3j9x0a",
+        f"{layout.RELEASES}/.00000001.json.q1w2e3r4",
+    }
+    others = {
+        ".notes.txt.ab12cd34",
+        f"{layout.CLAIMS}/.notes.ab12cd34",
+        f"{layout.CLAIMS}/.2.abc",  # not mkstemp's 8 characters
+        f"{layout.RELEASES}/.1.json.ab12cd34",  # no event's name: events are <seq:08d>.json
+        "1/.checkpoint.tl.ab12cd34",  # inside a published version: never touched
+    }
+    for name in temps | others:
+        (folder / name).parent.mkdir(exist_ok=True)
         (folder / name).write_text("half")
+
+    young = gc.plan(repo, min_age=3600)  # NOTE: just written: a write or create may be in progress
+    assert {f.key for f in young} == {f"m/{n}" for n in temps} and not removed(young)
+    assert all("younger than --min-age" in f.reason for f in young)
     findings = gc.plan(repo, min_age=3600, now=time.time() + 7200)
-    assert {f.key for f in findings if f.remove} == {f"m/{n}" for n in names[:2]}
+    assert set(removed(findings)) == {f"m/{n}" for n in temps} == {f.key for f in findings}
+    assert {f.reason for f in findings} == {"temp file of a write that was interrupted"}
     gc.apply(repo, findings)
-    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".n")) == [".notes.txt.ab12cd34"]
-    assert repo.read_record("m", 1).deployment_id.startswith("m:1@")
+    assert not [n for n in temps if (folder / n).exists()] and all((folder / n).exists() for n in others)
+    assert (
+        repo.read_record("m", 1).deployment_id.startswith("m:1@") and (folder / layout.CLAIMS / "1").exists()
+    )
+
+
+def test_gc_keeps_every_release_event_and_every_released_version(repo, make_record, tmp_path):
+    """The release log and the versions it names are never gc's: not even released versions that lost
+    their deployment.json (damage to repair, not killed deploys), which gc would otherwise take for
+    unfinished publishes. Killed claims and promotions leave temp files locally (gc removes them), none
+    on S3, where a create is one conditional put."""
+    from test_releases import MODEL  # NOTE: imported here, see deploy_real_model
+    from test_releases import publish as publish_loadable
+
+    from tritonflow.lineage.releases import promote, read_state, set_canary, set_shadow
+    from tritonflow.serving.release_policy import champion_config
+
+    publish_loadable(repo, make_record, 5)
+    for version in (1, 2):
+        promote(repo, MODEL, version, champion_config, reason=f"v{version}")
+    set_canary(repo, MODEL, 3, 10, champion_config, reason="try v3")
+    set_shadow(repo, MODEL, 4, champion_config, reason="watch v4")
+    events = {f.key: repo.store.read(f.key) for f in repo.store.walk(layout.releases_prefix(MODEL))}
+    assert len(events) == 4
+    assert not [k for k in keys(repo) if any(TEMP.fullmatch(part) for part in k.split("/"))]
+    (unfinished,) = kill_deploy(repo, MODEL, "index", tmp_path)  # m:6, a claim alone
+    (top,) = kill_deploy(repo, MODEL, "index", tmp_path)  # m:7, the highest claim
+    temps = set()
+    if not isinstance(repo.store, S3Store):
+        temps |= kill_deploy(repo, MODEL, "claim", tmp_path)  # m:8 was being claimed
+        temps |= kill_deploy(repo, MODEL, "event", tmp_path)  # event 5 was being written
+        assert {k.rpartition("/")[0] for k in temps} == {f"{MODEL}/.versions", f"{MODEL}/.releases"}
+        assert all(TEMP.fullmatch(k.rpartition("/")[2]) for k in temps)
+    for version in (1, 2, 3, 4):  # damage: each released version loses its record
+        repo.store.delete(layout.record_key(MODEL, version))
+    before = repo.store.walk("")
+
+    dry = tritonflow("gc", repo.uri, "--dry-run", "--min-age", "0")
+    assert dry.returncode == 0, dry.stderr
+    assert repo.store.walk("") == before
+    listed = lines(dry)
+    assert {key for action, key, _ in listed if action == "would remove"} == {unfinished} | temps
+    kept = {key: why for action, key, why in listed if action == "kept"}
+    for version, role in (
+        (1, "in the release history"),
+        (2, "the champion"),
+        (3, "the canary"),
+        (4, "the shadow"),
+    ):
+        assert kept.pop(layout.version_key(MODEL, version)) == (
+            f"{MODEL}:{version} is {role} of {MODEL} but has no deployment.json: restore it "
+            "(a released version is never removed)"
+        )
+        assert kept.pop(layout.claim_key(MODEL, version)).startswith(f"{MODEL}:{version} is {role} ")
+    assert "highest claim" in kept.pop(top)
+    assert kept and all(why.endswith("(a released version is never removed)") for why in kept.values())
+
+    done = json.loads(tritonflow("gc", repo.uri, "--min-age", "0", "--json").stdout)
+    assert {f["key"] for f in done["findings"] if f["action"] == "removed"} == {unfinished} | temps
+    assert keys(repo) == {f.key for f in before} - {unfinished} - temps
+    assert {f.key: repo.store.read(f.key) for f in repo.store.walk(layout.releases_prefix(MODEL))} == events
+    state = read_state(repo, MODEL)
+    assert (len(state.events), state.champion, state.canary, state.shadow) == (4, 2, 3, 4)
+    assert repo.versions(MODEL) == [5]  # NOTE: the only one with its record; 1-4 await theirs

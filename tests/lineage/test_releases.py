@@ -19,6 +19,7 @@ from sklearn.ensemble import RandomForestClassifier
 from tritonflow.lineage import layout
 from tritonflow.lineage.errors import RepositoryError, TritonflowError
 from tritonflow.lineage.releases import (
+    ReleaseConflict,
     ReleaseError,
     promote,
     read_state,
@@ -130,6 +131,17 @@ def test_rolling_back_twice_goes_two_decisions_back(local_repo, make_record):
     assert [rollback(repo, MODEL, champion_config)[0].champion for _ in range(2)] == [2, 1]
     with pytest.raises(ReleaseError, match="no previous champion"):
         rollback(repo, MODEL, champion_config)
+
+
+def test_a_decision_against_a_champion_conflicts_only_once_another_took_over(local_repo, make_record):
+    repo = ModelRepository(local_repo)
+    publish(repo, make_record, 3)
+    # NOTE: decided against v2 while `latest 1` served it and the log was empty: nothing replaced it
+    _, event = promote(repo, MODEL, 3, champion_config, replacing=2)
+    assert event is not None and read_state(repo, MODEL).champion == 3
+    with pytest.raises(ReleaseConflict, match=r"decision to promote v1 over v2: .*nothing was written"):
+        promote(repo, MODEL, 1, champion_config, replacing=2)
+    assert [e.version for e in read_state(repo, MODEL).events] == [3] and served(repo) == [3]
 
 
 def test_canary_and_shadow_live_beside_the_champion_and_config_serves_only_the_champion(repo, make_record):

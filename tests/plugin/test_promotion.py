@@ -17,11 +17,13 @@ from sklearn.ensemble import RandomForestClassifier
 
 from tritonflow.lineage import layout, releases
 from tritonflow.lineage.errors import TritonflowError
-from tritonflow.lineage.records import DeploymentRecord
+from tritonflow.lineage.records import DeploymentRecord, sha256_hex
 from tritonflow.lineage.repository import ModelRepository
+from tritonflow.plugin import promotion
 from tritonflow.plugin.options import PromoteRule, parse_options
 from tritonflow.plugin.publish import Provenance, deploy
 from tritonflow.serving.model_config import parse_config, render, served_versions
+from tritonflow.serving.release_policy import champion_config
 
 PROMOTE_FLOW = Path(__file__).parent / "flows" / "promote_flow.py"
 FORESTS = {"fair": (3, 1), "shuffled": (3, 1), "good": (40, 6)}  # as promote_flow.py trains them
@@ -83,7 +85,12 @@ def test_never_publishes_a_challenger_and_the_champion_keeps_serving(tmp_path: P
         "champion": 1,
         "reason": "published as a challenger, v1 stays champion",
         "evaluation": None,
+        "pending": False,
     }
+    # NOTE: the record describes config.pbtxt as the deploy wrote it (serving v1), not as generated
+    assert challenger.config["version_policy"] == {"specific": [1]}
+    assert challenger.config["sha256"] == sha256_hex((tmp_path / "fraud" / "config.pbtxt").read_bytes())
+    assert first.config["version_policy"] == {"latest": 1}  # no champion yet; its promote event followed
     state = releases.read_state(ModelRepository(tmp_path), "fraud")
     assert (state.champion, len(state.events)) == (1, 1)
     assert serving(tmp_path) == [1]  # published, but unversioned requests still get v1
@@ -137,6 +144,51 @@ def test_if_better_promotes_only_a_strictly_better_model(tmp_path: Path) -> None
     state = releases.read_state(ModelRepository(tmp_path), "fraud")
     assert state.champions == [1, 4] and state.events[-1].evaluation == better.release["evaluation"]
     assert serving(tmp_path) == [4]
+
+
+def test_a_promotion_landing_while_a_deploy_scores_wins(tmp_path: Path, monkeypatch: Any) -> None:
+    publish(tmp_path, "fair", "1")
+    publish(tmp_path, "good", "2", promote="never")
+    repo = ModelRepository(tmp_path)
+    decide = promotion.decide
+
+    def decide_then_someone_promotes(*args: Any) -> promotion.Decision:
+        decision = decide(*args)
+        releases.promote(repo, "fraud", 2, champion_config, reason="by hand", replacing=1)
+        return decision
+
+    # NOTE: the real decide, then a real promotion, between the scoring and settle
+    monkeypatch.setattr(promotion, "decide", decide_then_someone_promotes)
+    late = publish(tmp_path, "good", "3", promote="if_better:log_loss")
+
+    assert late.release is not None and (late.release["promoted"], late.release["champion"]) == (True, 1)
+    state = releases.read_state(repo, "fraud")
+    assert (state.champions, state.events[-1].reason) == ([1, 2], "by hand")
+    assert serving(tmp_path) == [2]
+    line = promotion.describe(late)
+    assert line.startswith("fraud:3 not promoted (promote=if_better:log_loss): log_loss "), line
+    assert "; but v2 became champion while this deploy scored (the decision was against v1)" in line
+    assert f"`tritonflow promote {repo.uri} fraud:3 --reason ...`" in line
+
+
+def test_a_retried_task_settles_what_a_crash_left_undone(tmp_path: Path) -> None:
+    publish(tmp_path, "fair", "1")
+    publish(tmp_path, "good", "2")
+    repo = ModelRepository(tmp_path)
+    # NOTE: as a crash between the publish and its promote event leaves it: the config serves v1
+    os.remove(tmp_path / layout.release_key("fraud", 2))
+    releases.apply_state(repo, releases.read_state(repo, "fraud"), champion_config)
+    assert serving(tmp_path) == [1]
+
+    again = publish(tmp_path, "good", "2")  # the same task and files: its record back, settled now
+    assert (again.version, repo.versions("fraud")) == (2, [1, 2])
+    assert releases.read_state(repo, "fraud").champions == [1, 2] and serving(tmp_path) == [2]
+    assert promotion.describe(again) == "fraud:2 promoted (promote=always)"
+
+    releases.rollback(repo, "fraud", champion_config, reason="v2 misbehaves")
+    publish(tmp_path, "good", "2")  # NOTE: a later event replaced it: a retry does not undo that
+    state = releases.read_state(repo, "fraud")
+    assert (state.champion, len(state.events)) == (1, 3) and serving(tmp_path) == [1]
 
 
 @pytest.mark.parametrize(
@@ -252,3 +304,16 @@ def test_on_success_promotes_only_once_the_run_succeeded(
         f"@deploy promote=on_success: run {good.run_pathspec} finished successfully"
     )
     assert served_versions(parse_config(repository.read_config("fraud")), [1, 2, 3]) == [3]
+    listed = subprocess.run(
+        [sys.executable, "-m", "tritonflow", "releases", str(repo), "fraud", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    versions = json.loads(listed.stdout)["versions"]
+    assert [(v["role"], v["run_status"]) for v in versions] == [
+        ("challenger", "successful"),
+        ("pending", "failed"),
+        ("champion", "successful"),
+    ], versions
