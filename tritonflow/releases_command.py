@@ -64,7 +64,7 @@ def _releases(args: argparse.Namespace) -> int:
     widths = {k: max(len(r[k]) for r in [header, *rows]) for k in header}
     for row in [header, *rows]:
         print("  ".join(row[k].ljust(widths[k]) for k in header).rstrip())
-    for warning in filter(None, (document["drift"], document["champion_run"])):
+    for warning in filter(None, (document["config_drift"], document["champion_run"])):
         print(f"warning: {warning}")
     print("history:" if document["history"] else "history: no release decisions yet (version_policy decides)")
     for e in document["history"]:
@@ -111,9 +111,9 @@ def describe(repository: ModelRepository, model: str, live: bool = True) -> dict
             f"v{state.champion} is champion but its run {champion['run']} is {champion['run_status']}: "
             f"`tritonflow rollback {repository.given} {model}` if it should not serve"
         )
-    drift = None
+    config_drift = None
     if state.champion is not None and served != [state.champion]:
-        drift = (
+        config_drift = (
             f"config.pbtxt serves {served or 'nothing'}, not the champion v{state.champion} (a command was "
             f"interrupted): `tritonflow promote {repository.given} {model}:{state.champion}` repairs it"
         )
@@ -126,7 +126,7 @@ def describe(repository: ModelRepository, model: str, live: bool = True) -> dict
         "shadow": state.shadow,
         "versions": versions,
         "history": [asdict(event) for event in state.events],
-        "drift": drift,
+        "config_drift": config_drift,
         "champion_run": champion_run,
     }
 
@@ -170,6 +170,9 @@ def _rollback_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _rollback(args: argparse.Namespace) -> int:
     repository = _open(args.repository, f"tritonflow rollback {{}} {args.model}")
+    champions = release_log.read_state(repository, args.model).champions
+    if len(champions) > 1:  # NOTE: fewer: rollback's own error says there is nothing to go back to
+        check_loads(repository, args.model, champions[-2], "champion again")
     _, event = release_log.rollback(repository, args.model, _policy(repository), reason=args.reason)
     print(
         f"{args.model}:{event.version} is the champion again in {repository.uri} "

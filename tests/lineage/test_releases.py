@@ -242,13 +242,13 @@ def test_a_crash_between_the_event_and_the_config_is_repaired_by_the_next_comman
     promote(repo, MODEL, 1, champion_config, reason="x")
     repo.store.write(layout.config_key(MODEL), CONFIG.encode())  # the config as it was before the event
     assert served(repo) == [2]
-    assert describe(repo, MODEL)["drift"] == (
+    assert describe(repo, MODEL)["config_drift"] == (
         f"config.pbtxt serves [2], not the champion v1 (a command was interrupted): "
         f"`tritonflow promote {repo.given} m:1` repairs it"
     )
     state, event = promote(repo, MODEL, 1, champion_config, reason="again")
     assert event is None and len(state.events) == 1  # no second decision for the same champion
-    assert served(repo) == [1] and describe(repo, MODEL)["drift"] is None
+    assert served(repo) == [1] and describe(repo, MODEL)["config_drift"] is None
 
 
 def test_a_broken_history_is_an_error_naming_the_file(local_repo, make_record):
@@ -348,7 +348,7 @@ def test_the_commands_promote_list_and_roll_back(local_repo, make_record):
     done = tritonflow("promote", root, f"{MODEL}:2", "--reason", "better")
     assert done.returncode == 0, done.stderr
     listed = json.loads(tritonflow("releases", root, MODEL, "--json").stdout)
-    assert listed["schema"] == "tritonflow.releases/v1" and listed["drift"] is None
+    assert listed["schema"] == "tritonflow.releases/v1" and listed["config_drift"] is None
     assert [(v["version"], v["role"], v["deployment_id"]) for v in listed["versions"]] == [
         (1, "challenger", "m:1@TrainFlow/1795314379884117"),
         (2, "champion", "m:2@TrainFlow/1795314379884117"),
@@ -459,3 +459,8 @@ def test_the_commands_fail_in_one_line_with_exit_2(local_repo, make_record):
     missing_reason = tritonflow("promote", root, "m:1")
     assert missing_reason.returncode == 2 and "--reason" in missing_reason.stderr
     assert repo.store.list(layout.releases_prefix(MODEL)) == []
+    for version in (2, 1):  # NOTE: written directly: the command refuses m:2 as its files stand now
+        promote(repo, MODEL, version, champion_config)
+    refused = tritonflow("rollback", root, MODEL)
+    assert refused.returncode == 2 and "cannot make m:2 champion again: it does not load" in refused.stderr
+    assert read_state(repo, MODEL).champion == 1 and served(repo) == [1]
