@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.ids import check_model_name
@@ -52,12 +52,12 @@ class CaptureKey:
 
 def hour_of(when: datetime) -> str:
     """The hour partition of a UTC time."""
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H")
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H")
 
 
 def parse_hour(hour: str) -> datetime:
     """The start of an hour partition, as an aware UTC time."""
-    return datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=timezone.utc)
+    return datetime.strptime(hour, "%Y-%m-%dT%H").replace(tzinfo=UTC)
 
 
 def parse_key(key: str) -> CaptureKey | None:

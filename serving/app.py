@@ -14,15 +14,18 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from tritonflow.lineage.errors import RepositoryError, TritonflowError
 from tritonflow.lineage.repository import ModelRepository
+from tritonflow.lineage.store import open_store
 from tritonflow.lineage.store.local import LocalStore
 from tritonflow.serving import grpc_server
 from tritonflow.serving.access import Access, Restriction
 from tritonflow.serving.batcher import Traffic
+from tritonflow.serving.capture import Capture, CaptureSettings
 from tritonflow.serving.connections import DEFAULT_SHUTDOWN_TIMEOUT
 from tritonflow.serving.dataplane import DataPlane
 from tritonflow.serving.grpc_calls import Service
@@ -33,6 +36,9 @@ from tritonflow.serving.mirror import Mirror
 from tritonflow.serving.probe import ProbeLimits
 from tritonflow.serving.registry import Registry
 from tritonflow.serving.watcher import Watcher
+
+if TYPE_CHECKING:  # NOTE: not a cycle: capture_writer imports pyarrow, imported only when capturing
+    from tritonflow.serving.capture_writer import Writer
 
 log = logging.getLogger("tritonflow.serving")
 
@@ -56,6 +62,7 @@ class Settings:
     metrics_port: int = 0  # the port of the listener that answers only GET /metrics; 0: none
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT  # seconds gRPC calls in flight get to finish
     grpc_tls: grpc_server.TLS | None = None  # PEM key, certificate chain, client CAs
+    capture: CaptureSettings | None = None  # --capture: what was asked and answered, kept as Parquet
 
 
 def default_cache_dir() -> Path:
@@ -71,6 +78,7 @@ class App:
         self._grpc_sockets = list(grpc_sockets)
         self._grpc: grpc.aio.Server | None = None
         self._grpc_stopped: asyncio.Future[None] | None = None
+        self._capture_writer: Writer | None = None
         repository = ModelRepository(settings.repository)
         traffic = Traffic()
         cache_dir = settings.cache_dir or default_cache_dir()
@@ -79,7 +87,10 @@ class App:
         loader = Loader(LoadSettings(settings.engine, cache_dir, settings.probe), mirror)
         self.registry = Registry(repository, loader, traffic, mirror)
         access = Access(settings.restrictions)
-        self.plane = DataPlane(self.registry, access, settings.model_control, settings.strict_readiness)
+        capture = Capture(settings.capture) if settings.capture else None
+        self.plane = DataPlane(
+            self.registry, access, settings.model_control, settings.strict_readiness, capture
+        )
         limits = (settings.max_request_bytes, traffic, settings.max_inflight_bytes, settings.metrics_port)
         self.router = Router(self.plane, *limits)
         self.watcher = Watcher(self.registry, settings.poll_interval)
@@ -98,6 +109,7 @@ class App:
             log.error("cannot load %s: %s", self.registry.repository.uri, exc)
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
+        await self._start_capture()
         self.plane.ready = True
         serving = ", ".join(sorted(mv.label for mv in self.registry.serving())) or "nothing yet"
         log.info("serving %s from %s", serving, self.registry.repository.uri)
@@ -106,10 +118,22 @@ class App:
         await receive()  # lifespan.shutdown
         await self.stop_grpc()
         self.plane.ready = False
+        if self._capture_writer is not None:  # NOTE: no request can arrive now: every accepted row is written
+            await asyncio.to_thread(self._capture_writer.close)
         await self.watcher.stop()
         await self.registry.close()
         self.plane.shared_memory.unregister(None)  # NOTE: unmaps every region the clients left registered
         await send({"type": "lifespan.shutdown.complete"})
+
+    async def _start_capture(self) -> None:
+        capture = self.plane.capture
+        if capture is not None:
+            # NOTE: imported here: pyarrow takes ~0.5 s to import, paid only by nodes that capture
+            from tritonflow.serving.capture_writer import Writer
+
+            self._capture_writer = Writer(capture, open_store(capture.settings.root))
+            self._capture_writer.start()
+            log.info("capturing predictions to %s", capture.settings.root)
 
     async def _start_grpc(self) -> None:
         """gRPC on the held port, on this event loop, over the same data plane as HTTP."""

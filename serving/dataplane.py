@@ -25,6 +25,7 @@ from tritonflow.lineage.releases import ReleaseState, read_state
 from tritonflow.lineage.report import lineage_document
 from tritonflow.lineage.runs import LiveRun, live_run
 from tritonflow.serving.access import Access
+from tritonflow.serving.capture import Capture
 from tritonflow.serving.classification import check_classifiable, classify
 from tritonflow.serving.codec import InferRequest, InferResponse, RequestedOutput
 from tritonflow.serving.datatypes import DATATYPE
@@ -79,13 +80,17 @@ class DataPlane:
         access: Access | None = None,
         model_control: str = "poll",
         strict_readiness: bool = True,
+        capture: Capture | None = None,
     ) -> None:
         self.registry = registry
         self.access = access or Access()
         self.model_control = model_control
         self.strict_readiness = strict_readiness
         self.ready = False  # set once the repository is loaded, cleared on shutdown
-        self._metrics = Metrics(self._stats, self._refusals, self._shadows)
+        self.capture = capture  # NOTE: None: --capture not given
+        self._metrics = Metrics(
+            self._stats, self._refusals, self._shadows, lambda: self.capture.stats if self.capture else None
+        )
         self._lineage_slots = Throttle("lineage", concurrency=1, queue=8)
         self._lineage_cache: dict[
             tuple[str, int], tuple[float, DeploymentRecord, LiveRun, ReleaseState | None]
@@ -133,6 +138,9 @@ class DataPlane:
             raise
         # NOTE: once its outputs are formatted and written, as Triton's compute_output counts them
         stats.record_success(started, rows, execution)
+        if self.capture is not None:  # NOTE: what the client got: classified outputs, as answered
+            role = self.registry.role(target)
+            self.capture.offer(target, role, request.id, request.inputs, rows, outputs, started)
         if shadow is not None:
             shadow.offer(request.inputs, rows, raw)
         if log.isEnabledFor(logging.DEBUG):  # NOTE: Triton's verbose log has a line per request too

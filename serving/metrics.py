@@ -170,6 +170,16 @@ class ShadowStats:
         self.buckets = [a + int(b) for a, b in zip(self.buckets, counts, strict=True)]
 
 
+@dataclass(slots=True)
+class CaptureStats:
+    """The node's prediction capture (serving/capture.py), in rows and files since start-up."""
+
+    rows: int = 0  # rows written to capture files
+    dropped: int = 0  # rows not captured: the queue was full, or still unwritten at shutdown
+    files: int = 0  # capture files written
+    failures: int = 0  # writes that failed (their rows kept for the next try)
+
+
 # Every Triton metric, declared once: its name, type and help as Triton 24.10 prints them, and how
 # to read its samples, (extra labels, value), off a VersionStats.
 Samples = Callable[[VersionStats], Iterable[tuple[dict[str, str], int]]]
@@ -258,19 +268,29 @@ SHADOW_REQUESTS = (
     "Copies of champion requests for the shadow, by outcome: compared, dropped (queue full), failed",
 )
 SHADOW_LABELS = ["model", "champion_version", "shadow_version"]
+CAPTURE = (  # NOTE: prometheus_client adds `_total` to each name
+    ("tritonflow_capture_rows", "Rows of answered requests written to capture files", "rows"),
+    ("tritonflow_capture_dropped", "Rows not captured: the capture queue was full (or shutdown)", "dropped"),
+    ("tritonflow_capture_files", "Capture files written", "files"),
+    ("tritonflow_capture_failures", "Capture file writes that failed (rows kept to try again)", "failures"),
+)
 
 Source = Callable[[], Iterable[tuple[str, int, str, VersionStats]]]  # (model, version, role, stats)
 RefusalSource = Callable[[], Iterable[tuple[str, str, int]]]  # (model, reason, count)
 ShadowSource = Callable[[], Iterable[tuple[str, int, int, ShadowStats]]]  # (model, champion, shadow, stats)
+CaptureSource = Callable[[], CaptureStats | None]  # None: capture off
 
 
 class StatsCollector(Collector):
     """Turns tritonflow's own metrics of every loaded version into Prometheus samples at scrape time."""
 
-    def __init__(self, source: Source, refusals: RefusalSource, shadows: ShadowSource) -> None:
+    def __init__(
+        self, source: Source, refusals: RefusalSource, shadows: ShadowSource, captures: CaptureSource
+    ) -> None:
         self._source = source
         self._refusals = refusals
         self._shadows = shadows
+        self._captures = captures
 
     def collect(self) -> Iterator[Metric]:
         histogram = HistogramMetricFamily(*BATCH_SIZE, labels=["model", "version", "role"])
@@ -296,15 +316,25 @@ class StatsCollector(Collector):
                 requests.add_metric([*pair, outcome], getattr(counts, outcome))
         yield disagreement
         yield requests
+        captured = self._captures()
+        if captured is not None:
+            for name, doc, attribute in CAPTURE:
+                yield CounterMetricFamily(name, doc, value=getattr(captured, attribute))
 
 
 class Metrics:
     """`/metrics`: Triton's metrics as Triton prints them, then tritonflow's own."""
 
-    def __init__(self, source: Source, refusals: RefusalSource, shadows: ShadowSource) -> None:
+    def __init__(
+        self,
+        source: Source,
+        refusals: RefusalSource,
+        shadows: ShadowSource,
+        captures: CaptureSource,
+    ) -> None:
         self._source = source
         self._registry = CollectorRegistry()
-        self._registry.register(StatsCollector(source, refusals, shadows))
+        self._registry.register(StatsCollector(source, refusals, shadows, captures))
 
     def exposition(self) -> bytes:
         # NOTE: written here, not by prometheus_client: it appends `_total` to every counter's name,

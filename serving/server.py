@@ -42,6 +42,15 @@ from tritonflow.serving.app import (
     default_cache_dir,
 )
 from tritonflow.serving.backends import FOREST_ENGINES
+from tritonflow.serving.capture import (
+    DEFAULT_FILE_ROWS,
+    DEFAULT_QUEUE_ROWS,
+    DEFAULT_WINDOW_S,
+    INPUTS,
+    CaptureError,
+    CaptureSettings,
+    check_root,
+)
 from tritonflow.serving.connections import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
@@ -61,6 +70,7 @@ log = logging.getLogger("tritonflow.serving")
 
 BACKLOG = 2048  # NOTE: uvicorn's default, for every listener
 listener_port = argument_type(int, lambda v: 0 <= v <= 65535, "a port number in 0-65535 (0: no listener)")
+share = argument_type(float, lambda v: 0 < v <= 1, "a share of requests in (0, 1], such as 0.1")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -165,6 +175,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: tritonflow/models under $XDG_CACHE_HOME, else under ~/.cache)",
     )
     _add_connection_arguments(parser)
+    _add_capture_arguments(parser)
+
+
+def _add_capture_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("prediction capture")
+    group.add_argument(
+        "--capture",
+        metavar="ROOT",
+        help="keep each answered request's rows (inputs, outputs, stamp, role, latency) as Parquet files "
+        "under ROOT, a local folder or s3://bucket/prefix, by model, version and hour",
+    )
+    group.add_argument(
+        "--capture-sample",
+        type=share,
+        metavar="F",
+        help="the share of requests captured, whole requests (default: 1.0)",
+    )
+    group.add_argument(
+        "--capture-inputs",
+        choices=INPUTS,
+        help="all: inputs too; none: outputs and stamps only (default: all)",
+    )
+    group.add_argument(
+        "--capture-file-rows",
+        type=count,
+        metavar="N",
+        help=f"rows per capture file at most (default: {DEFAULT_FILE_ROWS})",
+    )
+    group.add_argument(
+        "--capture-window-s",
+        type=positive,
+        metavar="SECONDS",
+        help="captured rows are written at least this often; a kill -9 loses at most this long of them "
+        f"(default: {DEFAULT_WINDOW_S:g})",
+    )
+    group.add_argument(
+        "--capture-queue-rows",
+        type=count,
+        metavar="N",
+        help="captured rows held before they are written; past it, new rows are dropped and counted "
+        f"(tritonflow_capture_dropped_total), the requests answered as ever (default: {DEFAULT_QUEUE_ROWS})",
+    )
+
+
+def _capture_settings(args: argparse.Namespace) -> CaptureSettings | None:
+    """--capture's settings, its root checked writable; the other --capture-* flags need it."""
+    given = {
+        "sample": args.capture_sample,
+        "inputs": None if args.capture_inputs is None else args.capture_inputs == "all",
+        "file_rows": args.capture_file_rows,
+        "window_s": args.capture_window_s,
+        "queue_rows": args.capture_queue_rows,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.capture is None:
+        if given:
+            flag = "--capture-" + next(iter(given)).replace("_", "-")
+            raise CaptureError(f"{flag} needs --capture ROOT: give where to keep the captured requests")
+        return None
+    check_root(args.capture)
+    return CaptureSettings(args.capture, **given)
 
 
 def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -363,6 +434,7 @@ def main(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         shutdown_timeout=args.shutdown_timeout,
         grpc_tls=_grpc_tls(args.tls_cert, args.tls_key, args.tls_ca) if tls else None,
+        capture=_capture_settings(args),
     )
     # NOTE: last checks, so no error leaves a port bound; gRPC binds its port itself, held till then
     http = listen(args.host, args.http_port, BACKLOG) if args.http_port else []

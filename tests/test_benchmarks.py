@@ -156,3 +156,12 @@ def test_wire_quick_without_triton(tmp_path: Path) -> None:
     assert [t["target"] for t in result["targets"]][0].startswith("node gRPC 1-row p50 / node HTTP")
     assert report["skipped"] == {"Triton": "--no-triton"}
     assert "| tritonflow grpc |" in (tmp_path / "wire.md").read_text()
+
+
+def test_capture_quick(tmp_path: Path) -> None:
+    run(BENCHMARKS / "capture.py", "--quick", "--out", str(tmp_path), cwd=tmp_path)
+    report = json.loads((tmp_path / "capture.json").read_text())
+    assert [row["node"] for row in report["medians"]] == ["capture off", "capture on"]
+    assert all(row["requests_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"] for row in report["medians"])
+    assert report["capture_counts"]["rows"] > 0 and report["capture_counts"]["files"] > 0
+    assert "| capture on |" in (tmp_path / "capture.md").read_text()
