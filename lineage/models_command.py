@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from tritonflow.lineage.listing import models
 from tritonflow.lineage.repository import ModelRepository
 
 
@@ -15,18 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     repository = ModelRepository(args.repository)
-    repository.check_layout("tritonflow models {}")
-    rows = [
-        {
-            "model": e.model,
-            "version": e.version,
-            "state": "published" if e.record else "unfinished (no deployment.json)",
-            "deployment_id": e.record.deployment_id if e.record else "",
-            "run": (e.record.task_pathspec or "") if e.record else "",
-            "created_at": e.record.created_at if e.record else "",
-        }
-        for e in repository.entries()
-    ]
+    rows = models(repository)
     if args.json:
         print(json.dumps(rows, indent=2))
     elif not rows:
