@@ -6,10 +6,11 @@
 Two nodes (`python -m tritonflow serve`) run side by side on two repositories holding the same two
 versions, deployed by @deploy's code: v1, the champion, and v2, a challenger (random forests of 100
 trees of depth 8 over 30 features, trained on different seeds). In one repository v2 is the shadow
-(`lineage.releases.set_shadow`): that node runs a copy of every unversioned request on it and
-compares. wrk sends 1-row KServe v2 JSON requests at fixed connection counts to each node in turn,
-rounds alternating which node goes first; the figures are medians over the rounds. The shadow node's
-counters (compared, dropped: its queue was full) say how much of the traffic the shadow saw.
+(`lineage.releases.set_shadow`): that node runs a copy of every unversioned request on it, in its
+shadow worker process (serving/shadow_worker.py, at nice 19), and compares. wrk sends 1-row KServe
+v2 JSON requests at fixed connection counts to each node in turn, rounds alternating which node goes
+first; the figures are medians over the rounds. The shadow node's counters (compared, dropped: its
+queue was full) say how much of the traffic the shadow saw.
 
 Writes benchmarks/results/shadow.json and shadow.md.
 """
@@ -131,7 +132,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"machine skews timings); `python benchmarks/shadow.py{' --quick' if report['quick'] else ''}`.",
             "",
             "Two nodes side by side, the same v1 champion (RandomForest 100 trees, depth 8, 30 features, "
-            "engine `auto`); one also runs v2 as shadow. wrk, 1-row JSON requests, unversioned; "
+            "engine `auto`); one also runs v2 as shadow, in a worker process at nice 19. wrk, 1-row JSON "
+            "requests, unversioned; "
             f"{report['seconds']} s per measure, medians over {report['rounds']} rounds, nodes alternating.",
             "",
             *table,

@@ -349,7 +349,7 @@ def _size(n: int) -> str:
 # -- the child ----------------------------------------------------------------------------------
 def _child(sender: Connection, folder: str, config_bytes: bytes, engine: str, node_pid: int) -> None:
     """Load, predict, unload, then report; each step announced first, so a crash names it."""
-    _die_with_parent(node_pid)
+    die_with_parent(node_pid)
     config = ModelConfig.FromString(config_bytes)
     try:
         sender.send(("phase", "loading"))
@@ -380,7 +380,7 @@ def _child(sender: Connection, folder: str, config_bytes: bytes, engine: str, no
     sender.send(("done", report))
 
 
-def _die_with_parent(node_pid: int) -> None:
+def die_with_parent(node_pid: int) -> None:
     """The kernel kills this child when its parent goes: the node (spawn), or the fork server, which
     exits once the node is gone; so a probe never outlives the node, even one killed with SIGKILL."""
     if sys.platform == "linux":

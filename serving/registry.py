@@ -355,7 +355,7 @@ class Registry:
     def _swap(self, model: Model, serving: dict[int, ModelVersion]) -> None:
         old = model.versions
         before = model.routing.shadow if model.routing is not None else None
-        shadow = _shadow(model, serving)
+        shadow = _shadow(model, serving, self.repository.uri, self.loader.settings.engine)
         if before is not None and before is not shadow:
             before.stop()
         # NOTE: both in one step, no await between: a request sees the old table and routing, or the new
@@ -401,8 +401,9 @@ def _read(
     return text, files, versions, state if state.events else None
 
 
-def _shadow(model: Model, serving: dict[int, ModelVersion]) -> Shadow | None:
-    """The shadow runner for what will serve: the running one while its pair is unchanged."""
+def _shadow(model: Model, serving: dict[int, ModelVersion], repository: str, engine: str) -> Shadow | None:
+    """The shadow runner for what will serve: the running one while its pair is unchanged; a new one
+    loads the shadow version from `repository` with `engine` in its own process."""
     state = model.release
     target = serving.get(state.shadow) if state is not None and state.shadow is not None else None
     champion = champion_of(serving, state)
@@ -411,7 +412,7 @@ def _shadow(model: Model, serving: dict[int, ModelVersion]) -> Shadow | None:
     running = model.routing.shadow if model.routing is not None else None
     if running is not None and running.champion is champion and running.target is target:
         return running
-    return Shadow(model.name, champion, target)
+    return Shadow(model.name, champion, target, repository, engine)
 
 
 def _settle_heap() -> None:
