@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TypeVar
 
-Number = TypeVar("Number", int, float)
+Number = TypeVar("Number", int, float, timedelta)
 
 
 def argument_type(
@@ -40,3 +41,15 @@ port = argument_type(int, lambda v: 0 <= v <= 65535, "a port number in 0-65535 (
 # NOTE: `< math.inf` also refuses 'nan' (every comparison with it is false) and 'inf'
 positive = argument_type(float, lambda v: 0 < v < math.inf, "a number > 0")
 seconds = argument_type(float, lambda v: 0 <= v < math.inf, "a number of seconds >= 0")
+
+
+def _duration(text: str) -> timedelta:
+    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(text[-1:])
+    if unit is None:
+        raise ValueError(text)
+    return timedelta(seconds=float(text[:-1]) * unit)
+
+
+duration = argument_type(
+    _duration, lambda v: timedelta(0) < v < timedelta.max, "a duration such as 30m, 24h or 7d"
+)

@@ -57,6 +57,7 @@ class DeploymentRecord:
     model: dict[str, Any] = field(default_factory=dict)  # class, library, hyperparameters
     selection: dict[str, Any] | None = None  # rule, winner, candidates
     release: dict[str, Any] | None = None  # @deploy(promote=...)'s decision and the scores behind it
+    reference: dict[str, Any] | None = None  # reference.json (training data profile): path, sha256, size
     schema: str = SCHEMA
 
     @property

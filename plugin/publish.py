@@ -14,11 +14,13 @@ from tritonflow.lineage import layout
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.ids import DeploymentId
 from tritonflow.lineage.records import DeploymentRecord, sha256_hex, utc_now
+from tritonflow.lineage.reference import FILE as REFERENCE_FILE
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.plugin import promotion
 from tritonflow.plugin.exporters import config_spec, export_model
 from tritonflow.plugin.options import DeployOptions
 from tritonflow.plugin.parity import check_parity
+from tritonflow.plugin.reference import profile, profile_bytes, sample_matrix
 from tritonflow.plugin.signature import describe
 from tritonflow.serving import labels, model_config
 from tritonflow.serving.release_policy import champion_config
@@ -71,6 +73,14 @@ def deploy(
         config_text, where=f"the generated config of {options.name!r}", read_file=beside.get
     )
     parity = check_parity(export, signature.rows)
+    # NOTE: only a given sample is training data; the rows generated without one profile nothing
+    reference = (
+        profile_bytes(
+            profile(sample_matrix(sample), signature.feature_names, export.native_predict, sample_name)
+        )
+        if sample is not None
+        else None
+    )
 
     repository = ModelRepository(options.repository)
     task = provenance.metaflow.get("task", "")
@@ -122,12 +132,21 @@ def deploy(
             model={**export.model_info, "n_classes": export.n_classes, "parity": parity},
             selection=provenance.selection,
             release=decision.to_record(),
+            reference=(
+                {
+                    "path": f"{version}/{REFERENCE_FILE}",
+                    "sha256": sha256_hex(reference),
+                    "size": len(reference),
+                }
+                if reference is not None
+                else None
+            ),
         )
 
     record = repository.publish(
         options.name,
         written,
-        export.files,
+        {**export.files, **({REFERENCE_FILE: reference} if reference is not None else {})},
         make_record,
         owner={"task": task or "(no task)", "model": options.name},
         check_current=lambda text: _check_signature(text, config, spec.labels, options.name, repository),

@@ -47,6 +47,18 @@ COMMANDS = {
         "tritonflow.releases_command:shadow",
         "run a copy of the traffic on MODEL:VERSION, off the response path (tritonflow serve only)",
     ),
+    "captures": (
+        "tritonflow.lineage.captures_command",
+        "what a node captured: files and rows per model and hour",
+    ),
+    "lookup": (
+        "tritonflow.lookup_command",
+        "one request's captured inputs, outputs and stamp, with its deployment's lineage",
+    ),
+    "drift": (
+        "tritonflow.lineage.drift_command",
+        "a version's captured traffic against its training data profile; exit 1 on drift",
+    ),
     "check-config": ("tritonflow.serving.check_command", "validate config.pbtxt files (Triton schema + FIL)"),
     "triton-backends": ("tritonflow.serving.triton_backends_command", "a backend dir for Triton without FIL"),
 }

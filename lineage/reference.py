@@ -1,0 +1,71 @@
+"""A version's reference profile (`<model>/<version>/reference.json`): the training data as @deploy saw it.
+
+Written by @deploy (plugin/reference.py), read by the drift check (lineage/drift.py). Per feature:
+`edges` (inner bin edges; the bins are (-inf, e0], (e0, e1], ..., (ek, inf)), `shares` (the rows' share
+per bin, missing rows excluded), `missing` (NaN share), `min`, `max`, `mean`, and `quantiles` (the values
+at the `levels`, shared by every feature), enough for a KS estimate. `prediction` has the same shape,
+over the model's score per row (`prediction_score`). Triton and the node ignore the file; the record
+lists it with its sha256, so a reader knows it is the profile of that version's data.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from tritonflow.lineage import layout
+from tritonflow.lineage.errors import TritonflowError
+from tritonflow.lineage.records import DeploymentRecord, sha256_hex
+from tritonflow.lineage.store import Store
+
+SCHEMA = "tritonflow.reference/v1"
+FILE = "reference.json"
+
+
+class NoReference(TritonflowError):
+    """The version has no usable reference profile (deployed before @deploy wrote one, or altered)."""
+
+
+def prediction_score(outputs: np.ndarray) -> np.ndarray:
+    """One number per row from a model's output rows: the value itself (a regressor, or a class), the
+    positive class's probability (two columns), or the predicted class (more). In float32, as the node
+    answers: a score rounded differently on the two sides would cross a bin edge it sits on."""
+    values = np.asarray(outputs, dtype=np.float32).astype(np.float64)
+    values = values.reshape(len(values), -1)
+    if values.shape[1] == 1:
+        return values[:, 0]
+    if values.shape[1] == 2:
+        return values[:, 1]
+    return np.argmax(values, axis=1).astype(np.float64)
+
+
+def reference_key(model: str, version: int) -> str:
+    return f"{layout.version_key(model, version)}/{FILE}"
+
+
+def read_reference(store: Store, record: DeploymentRecord) -> dict[str, Any]:
+    """The version's profile, checked against the sha256 its record lists."""
+    listed = record.reference
+    redeploy = (
+        "redeploy the model from its flow with @deploy(sample=...) to get one "
+        "(a deploy without a sample has no training data to profile)"
+    )
+    if not listed:
+        raise NoReference(
+            f"{record.deployment_id} has no reference profile (deployed without one): {redeploy}"
+        )
+    data = store.read(reference_key(record.model_name, record.version))
+    if sha256_hex(data) != listed.get("sha256"):
+        raise NoReference(
+            f"the {FILE} of {record.deployment_id} does not match the sha256 its record lists: "
+            f"the file was changed after the deploy; {redeploy}"
+        )
+    profile: dict[str, Any] = json.loads(data)
+    if profile.get("schema") != SCHEMA:
+        raise NoReference(
+            f"the {FILE} of {record.deployment_id} has schema {profile.get('schema')!r}, not {SCHEMA!r}: "
+            f"{redeploy} with this tritonflow"
+        )
+    return profile
