@@ -6,18 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
-import pyarrow.compute as pc
-
-from tritonflow.lineage import capture_layout as cl
 from tritonflow.lineage.arguments import duration, positive
-from tritonflow.lineage.captures import CaptureError, nothing_found, open_captures, skipped_note
-from tritonflow.lineage.drift import Thresholds, drift_document, render_text
-from tritonflow.lineage.errors import NotFound
-from tritonflow.lineage.reference import read_reference
-from tritonflow.lineage.repository import ModelRepository, default_repository
+from tritonflow.lineage.drift import Thresholds, render_text
+from tritonflow.lineage.drift_check import check_drift
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,34 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    repository = ModelRepository(default_repository(args.repository))
-    try:
-        record = repository.resolve(args.target)
-    except NotFound:
-        repository.check_layout(f"tritonflow drift {args.target} --repository {{}}")
-        raise
-    profile = read_reference(repository.store, record)
-    captures = open_captures(args.captures, record.model_name, record.version, args.since)
-    table = captures.read()
-    if table is not None and args.since is not None:
-        cutoff = datetime.now(UTC) - args.since
-        table = table.filter(pc.greater_equal(table[cl.TIME], cutoff))
-    if table is None:
-        raise nothing_found(captures, f"{record.model_name}:{record.version}")
-    if note := skipped_note(captures):
-        print(f"tritonflow drift: {note}", file=sys.stderr)
-    if table.num_rows == 0:
-        raise CaptureError(
-            f"no rows of {record.model_name}:{record.version} captured in the last {args.since} under "
-            f"{captures.root}: widen --since"
-        )
-    doc = drift_document(
-        record.deployment_id,
-        profile,
-        record.signature,
-        table,
+    doc = check_drift(
+        args.target,
+        args.captures,
+        args.repository,
+        args.since,
         Thresholds(args.psi_threshold, args.ks_threshold),
     )
+    if doc["skipped"]:
+        print(f"tritonflow drift: {doc['skipped']}", file=sys.stderr)
     if args.html:
         from tritonflow.lineage.drift_html import write_html
 

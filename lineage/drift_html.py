@@ -17,7 +17,8 @@ class MissingMonitorExtra(TritonflowError):
     """--html needs matplotlib, which tritonflow does not install by default."""
 
 
-def write_html(doc: dict[str, Any], path: Path) -> None:
+def drift_plots(doc: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """A PNG per drifting column (reference vs captured share per bin), by column name."""
     try:
         import matplotlib
 
@@ -25,10 +26,18 @@ def write_html(doc: dict[str, Any], path: Path) -> None:
         from matplotlib import pyplot
     except ImportError:
         raise MissingMonitorExtra(
-            "--html needs matplotlib: pip install 'tritonflow[monitor]' (or drop --html)"
+            "the drift plots need matplotlib: pip install 'tritonflow[monitor]' (or drop --html)"
         ) from None
     items = [*doc["features"], *([doc["prediction"]] if doc["prediction"] else [])]
-    plots = "".join(_plot(pyplot, item) for item in items if item["drift"])
+    return [(item["name"], _plot(pyplot, item)) for item in items if item["drift"]]
+
+
+def write_html(doc: dict[str, Any], path: Path) -> None:
+    plots = "".join(
+        f"<h2>{html.escape(name)}</h2><img alt='{html.escape(name)}' "
+        f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+        for name, png in drift_plots(doc)
+    )
     title = html.escape(f"Drift of {doc['deployment_id']}")
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head><body>"
@@ -40,7 +49,7 @@ def write_html(doc: dict[str, Any], path: Path) -> None:
         raise TritonflowError(f"cannot write the --html report {path}: {exc.strerror}") from None
 
 
-def _plot(pyplot: Any, item: dict[str, Any]) -> str:
+def _plot(pyplot: Any, item: dict[str, Any]) -> bytes:
     bins = item["bins"]
     edges = bins["edges"]
     labels = [f"<= {edges[0]:.3g}"] if edges else []
@@ -58,6 +67,4 @@ def _plot(pyplot: Any, item: dict[str, Any]) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80)
     pyplot.close(figure)
-    data = base64.b64encode(buffer.getvalue()).decode()
-    name = html.escape(item["name"])
-    return f"<h2>{name}</h2><img alt='{name}' src='data:image/png;base64,{data}'>"
+    return buffer.getvalue()

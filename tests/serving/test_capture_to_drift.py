@@ -1,9 +1,13 @@
 """The loop back to training, end to end: @deploy's publish writes the reference profile, a real node
-captures what tritonclient asks, and `tritonflow drift` and `lookup` read those captures against it."""
+captures what tritonclient asks, and `tritonflow drift`, `lookup` and flows/monitor_flow.py (a real
+Metaflow run, its card) read those captures against it."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +21,7 @@ from sklearn.ensemble import RandomForestClassifier
 from tritonflow.plugin.options import parse_options
 from tritonflow.plugin.publish import Provenance, deploy
 
+MONITOR = Path(__file__).parents[2] / "flows" / "monitor_flow.py"
 MODEL = "loop"
 FEATURES = [f"f{j}" for j in range(5)]
 
@@ -97,3 +102,30 @@ def test_captured_traffic_is_checked_against_the_training_data_it_was_deployed_w
     np.testing.assert_array_equal(
         np.array([row["output.output__0"] for row in looked["rows"]], np.float32), shifted["moved-5"]
     )
+
+    # NOTE: the scheduled check: the champion (v1, served by `latest 1`) against the same captures
+    env = {**os.environ, "METAFLOW_USER": os.environ.get("METAFLOW_USER", "ci")}
+    flow = [sys.executable, str(MONITOR)]
+    args = ["--model", MODEL, "--repository", str(repo), "--captures", str(captures)]
+    run = subprocess.run(
+        [*flow, "run", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (
+        f"retraining is due: {record.deployment_id} drifted in f3 over 3,200 captured rows"
+        in run.stdout + run.stderr
+    )
+    card = tmp_path / "drift.html"
+    got = subprocess.run(
+        [*flow, "card", "get", "check", str(card), "--id", "drift"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert got.returncode == 0, got.stdout + got.stderr
+    data = json.loads(base64.b64decode(re.search(r'__MF_DATA__\[".+?"\] = "(.+?)"', card.read_text())[1]))
+    shown = json.dumps(data)  # NOTE: a Metaflow card is its components' JSON, rendered by the page's script
+    assert f"Drift of {record.deployment_id}: drift in f3" in shown and "3,200 captured rows" in shown
+    assert shown.count('"type": "image"') == 1 and '"DRIFT"' in shown
