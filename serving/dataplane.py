@@ -88,6 +88,7 @@ class DataPlane:
         self.strict_readiness = strict_readiness
         self.ready = False  # set once the repository is loaded, cleared on shutdown
         self.capture = capture  # NOTE: None: --capture not given
+        registry.capture = capture  # NOTE: the shadows it builds capture their answers too
         self._metrics = Metrics(
             self._stats, self._refusals, self._shadows, lambda: self.capture.stats if self.capture else None
         )
@@ -142,7 +143,7 @@ class DataPlane:
             role = self.registry.role(target)
             self.capture.offer(target, role, request.id, request.inputs, rows, outputs, started)
         if shadow is not None:
-            shadow.offer(request.inputs, rows, raw)
+            shadow.offer(request.inputs, rows, raw, request.id)
         if log.isEnabledFor(logging.DEBUG):  # NOTE: Triton's verbose log has a line per request too
             log.debug("%s answered %d row(s) of request %r", target.label, rows, request.id)
         return InferResponse(request.id, target.stamp, outputs)

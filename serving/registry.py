@@ -23,6 +23,7 @@ from tritonflow.lineage.errors import NotFound, TritonflowError
 from tritonflow.lineage.releases import ReleaseState, read_state
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.serving.batcher import Traffic
+from tritonflow.serving.capture import Capture
 from tritonflow.serving.errors import InvalidVersion, LoadFailed, ModelNotFound
 from tritonflow.serving.labels import folder_reader, label_files, model_files, read_labels
 from tritonflow.serving.loading import Loader, Refusal, VersionRefused, refusal
@@ -91,6 +92,7 @@ class Registry:
         self.loader = loader
         self.traffic = traffic
         self.mirror = mirror
+        self.capture: Capture | None = None  # NOTE: set by the DataPlane: the shadows capture their answers
         self.models: dict[str, Model] = {}
         self.refusals: Counter[tuple[str, str]] = Counter()  # (model, Refusal.kind) -> versions refused
         self._lock = asyncio.Lock()
@@ -355,7 +357,7 @@ class Registry:
     def _swap(self, model: Model, serving: dict[int, ModelVersion]) -> None:
         old = model.versions
         before = model.routing.shadow if model.routing is not None else None
-        shadow = _shadow(model, serving, self.repository.uri, self.loader.settings.engine)
+        shadow = _shadow(model, serving, self.repository.uri, self.loader.settings.engine, self.capture)
         if before is not None and before is not shadow:
             before.stop()
         # NOTE: both in one step, no await between: a request sees the old table and routing, or the new
@@ -401,9 +403,12 @@ def _read(
     return text, files, versions, state if state.events else None
 
 
-def _shadow(model: Model, serving: dict[int, ModelVersion], repository: str, engine: str) -> Shadow | None:
+def _shadow(
+    model: Model, serving: dict[int, ModelVersion], repository: str, engine: str, capture: Capture | None
+) -> Shadow | None:
     """The shadow runner for what will serve: the running one while its pair is unchanged; a new one
-    loads the shadow version from `repository` with `engine` in its own process."""
+    loads the shadow version from `repository` with `engine` in its own process (and its answers go
+    to `capture`, when given)."""
     state = model.release
     target = serving.get(state.shadow) if state is not None and state.shadow is not None else None
     champion = champion_of(serving, state)
@@ -412,7 +417,7 @@ def _shadow(model: Model, serving: dict[int, ModelVersion], repository: str, eng
     running = model.routing.shadow if model.routing is not None else None
     if running is not None and running.champion is champion and running.target is target:
         return running
-    return Shadow(model.name, champion, target, repository, engine)
+    return Shadow(model.name, champion, target, repository, engine, capture)
 
 
 def _settle_heap() -> None:

@@ -8,6 +8,10 @@ lowest CPU priority and compares; the counts come back to the loop. Running the 
 even batched, cost the champion a third of its throughput on 2 cores (benchmarks/results/shadow.md):
 the loop only appends to a deque, and pickling the copies happens on the feeder thread.
 
+With --capture, the worker also sends each copy's outputs back (only then: they cost a pickling) and
+the loop offers them to the Capture with role "shadow", under the shadow version, with the request's
+id and inputs and the latency the worker measured; the Capture samples them as any request.
+
 Nothing the shadow does or fails reaches a client: its failures are counted and logged once. A
 worker that dies or does not load the version fails the copies it had and is started again, at most
 RESTARTS times; then the shadow stops, with a log line saying why.
@@ -32,6 +36,7 @@ from typing import Any
 
 from tritonflow.serving import shadow_worker
 from tritonflow.serving.batcher import Tensors
+from tritonflow.serving.capture import Capture
 from tritonflow.serving.errors import InferenceFailed
 from tritonflow.serving.metrics import ShadowStats
 from tritonflow.serving.model_version import ModelVersion
@@ -45,6 +50,9 @@ RESTARTS = 3  # worker processes started again after one failed, before the shad
 # machine it waits for idle cores (30 s seen at load average 13)
 START_TIMEOUT_S = 300.0
 EXIT_GRACE_S = 5.0  # how long a worker whose pipe closed may take to finish its message and exit
+
+
+_Waiting = tuple[Copy, int, str | None]  # a copy, when it was offered, its request's id
 
 
 class WorkerFailed(Exception):
@@ -62,11 +70,13 @@ class Shadow:
         target: ModelVersion,
         repository: str,
         engine: str,
+        capture: Capture | None = None,
         size: int = QUEUE,
     ) -> None:
         self.model = model
         self.champion = champion
         self.target = target
+        self.capture = capture  # NOTE: None: --capture not given
         self.stats = ShadowStats()
         self._size = size
         self._output = next(iter(champion.outputs))  # NOTE: the first output: a classifier's probabilities
@@ -78,9 +88,10 @@ class Shadow:
             engine,
             self._output,
             os.getpid(),
+            capture is not None,
         )
-        # (copy, when offered): appended on the loop, taken by the feeder thread
-        self._waiting: deque[tuple[Copy, int]] = deque()
+        # (copy, when offered, its request's id): appended on the loop, taken by the feeder thread
+        self._waiting: deque[_Waiting] = deque()
         self._queued = 0  # copies offered and not finished: counted on the loop only
         self._stopped = False
         self._logged = False
@@ -89,14 +100,14 @@ class Shadow:
         self._feeder = threading.Thread(target=self._feed, name=f"shadow {target.label}", daemon=True)
         self._feeder.start()
 
-    def offer(self, inputs: Tensors, rows: int, outputs: Tensors) -> None:
+    def offer(self, inputs: Tensors, rows: int, outputs: Tensors, request_id: str | None = None) -> None:
         """Queue a copy of a request the champion answered (its raw outputs, before classification)."""
         if self._stopped or self._queued >= self._size:
             self.stats.dropped += 1
             return
         self._queued += 1
         self.target.stats.pending += 1
-        self._waiting.append(((inputs, rows, outputs[self._output]), perf_counter_ns()))
+        self._waiting.append(((inputs, rows, outputs[self._output]), perf_counter_ns(), request_id))
         if not self._wake.is_set():
             self._wake.set()
 
@@ -117,12 +128,12 @@ class Shadow:
         reply to the loop; a failed worker fails its copies and is replaced, RESTARTS times at most."""
         worker: _Worker | None = None
         failures = 0
-        batch: list[tuple[Copy, int]] = []
+        batch: list[_Waiting] = []
         try:
             while True:
                 try:
                     worker = worker or _Worker(self._spec, self.target.label)
-                    if batch and not self._to_loop(self._finish, batch, worker.run([c for c, _ in batch])):
+                    if batch and not self._to_loop(self._finish, batch, worker.run([c for c, _, _ in batch])):
                         return
                 except WorkerFailed as exc:
                     if worker is not None:
@@ -148,7 +159,7 @@ class Shadow:
             if worker is not None:
                 worker.close()
 
-    def _next(self) -> list[tuple[Copy, int]]:
+    def _next(self) -> list[_Waiting]:
         """Every copy waiting, once there is one; [] once the shadow stops."""
         while True:
             self._wake.wait()
@@ -167,7 +178,7 @@ class Shadow:
         return True
 
     # -- back on the loop ----------------------------------------------------------------------
-    def _finish(self, batch: list[tuple[Copy, int]], reply: Reply | str) -> None:
+    def _finish(self, batch: list[_Waiting], reply: Reply | str) -> None:
         """Count a message's copies: on the shadow version's own statistics, and compared or failed."""
         if self._stopped:  # its copies were taken off the pending count at stop
             return
@@ -181,8 +192,12 @@ class Shadow:
         calls, outcomes, compared = reply
         for execution in calls:
             stats.record_execution(execution)
-        for ((_, rows, _), started), outcome in zip(batch, outcomes, strict=True):
+        for ((inputs, rows, _), started, request_id), outcome in zip(batch, outcomes, strict=True):
             self._count(started, rows, outcome)
+            if self.capture is not None and outcome.outputs is not None:
+                # NOTE: the start as the worker measured it, on this process's clock
+                began = perf_counter_ns() - outcome.latency_ns
+                self.capture.offer(self.target, "shadow", request_id, inputs, rows, outcome.outputs, began)
         self._merge(compared)
 
     def _count(self, started: int, rows: int, outcome: Outcome) -> None:

@@ -4,10 +4,10 @@ serving/shadow.py starts it with spawn (the node has threads: a forked child cou
 locks held) and it runs at the lowest CPU priority, so on a busy machine the champion's requests get
 the cores first. It loads the version through the node's own Loader (its record checked, its files
 verified, the node's engine), then answers one message at a time: copies in (each request's inputs
-and the champion's output), the comparison out. The copies go through a Batcher as requests do in
-the node, so they batch and chunk as the version's config says. It exits when its pipe closes or
-its parent is gone (and the kernel kills it with the thread that started it), so it never outlives
-the node.
+and the champion's output), the comparison out, and each copy's outputs when the node captures them.
+The copies go through a Batcher as requests do in the node, so they batch and chunk as the version's
+config says. It exits when its pipe closes or its parent is gone (and the kernel kills it with the
+thread that started it), so it never outlives the node.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from time import perf_counter_ns
 from typing import NamedTuple
 
 import numpy as np
@@ -47,14 +48,17 @@ class Spec:
     engine: str  # the node's forest engine (`--engine`)
     output: str  # the output compared: the champion's first
     node_pid: int
+    answers: bool = False  # send each copy's outputs back (the node captures them): pickled only then
 
 
 class Outcome(NamedTuple):
-    """One copy's result: its timing (None: the engine failed on it), and why it failed or could
-    not be compared (None: compared)."""
+    """One copy's result: its timing (None: the engine failed on it), why it failed or could not be
+    compared (None: compared), and with Spec.answers the shadow's outputs and its time in the worker."""
 
     execution: Execution | None
     error: str | None
+    outputs: Tensors | None = None
+    latency_ns: int = 0
 
 
 Reply = tuple[list[Execution], list[Outcome], ShadowStats]  # the engine calls, each copy's, the comparison
@@ -105,7 +109,7 @@ def main(conn: Connection, spec: Spec) -> None:
     try:
         while (copies := _receive(conn, spec.node_pid)) is not None:
             outcomes, stats = loop.run_until_complete(
-                _run(batcher, copies, spec.output, config.max_batch_size > 0)
+                _run(batcher, copies, spec.output, config.max_batch_size > 0, spec.answers)
             )
             conn.send((list(calls), outcomes, stats))
             calls.clear()
@@ -147,9 +151,11 @@ def _receive(conn: Connection, node_pid: int) -> list[Copy] | None:
 
 
 async def _run(
-    batcher: Batcher, copies: list[Copy], output: str, batched: bool
+    batcher: Batcher, copies: list[Copy], output: str, batched: bool, keep: bool
 ) -> tuple[list[Outcome], ShadowStats]:
-    """Every copy through the batcher at once, each compared with the champion's output."""
+    """Every copy through the batcher at once, each compared with the champion's output (and, with
+    `keep`, its outputs and its time from submission kept)."""
+    submitted = perf_counter_ns()
     futures = [batcher.submit(inputs, rows) for inputs, rows, _ in copies]
     answers = await asyncio.gather(*futures, return_exceptions=True)
     stats, outcomes = ShadowStats(), []
@@ -158,13 +164,14 @@ async def _run(
             outcomes.append(Outcome(None, str(answer)))
             continue
         outputs, execution = answer
+        kept = (outputs, execution.ended_ns - submitted) if keep else (None, 0)
         try:
             per_row = disagreement(expected, outputs[output], batched)
         except (
             ValueError
         ) as exc:  # NOTE: answers that cannot be compared: the shadow's fault, not its engine's
-            outcomes.append(Outcome(execution, str(exc)))
+            outcomes.append(Outcome(execution, str(exc), *kept))
             continue
         stats.observe(per_row)
-        outcomes.append(Outcome(execution, None))
+        outcomes.append(Outcome(execution, None, *kept))
     return outcomes, stats
