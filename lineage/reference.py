@@ -4,8 +4,11 @@ Written by @deploy (plugin/reference.py), read by the drift check (lineage/drift
 `edges` (inner bin edges; the bins are (-inf, e0], (e0, e1], ..., (ek, inf)), `shares` (the rows' share
 per bin, missing rows excluded), `missing` (NaN share), `min`, `max`, `mean`, and `quantiles` (the values
 at the `levels`, shared by every feature), enough for a KS estimate. `prediction` has the same shape,
-over the model's score per row (`prediction_score`). Triton and the node ignore the file; the record
-lists it with its sha256, so a reader knows it is the profile of that version's data.
+over the model's score per row (`prediction_score`) on the sample. `source` says what the features
+describe: {"kind": "training" (the training task's feature matrices, e.g. X_train) or "sample",
+"artifacts": [{"name", "sha" (the record's `data` sha; null for the sample), "rows"}], "rows"}; `rows` is
+the rows profiled before the subsample (each artifact capped at a million). Triton and the node ignore
+the file; the record lists it with its sha256, so a reader knows it is the profile of that version's data.
 """
 
 from __future__ import annotations

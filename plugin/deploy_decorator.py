@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from metaflow.decorators import StepDecorator
 from metaflow.exception import MetaflowException
@@ -19,8 +19,13 @@ from tritonflow.plugin.artifact_origin import producing_tasks
 from tritonflow.plugin.options import REMOTE_DECORATORS, DeployOptions, parse_options
 from tritonflow.plugin.source_identity import file_identity, run_git_info
 
+if TYPE_CHECKING:  # NOTE: imported when a task deploys (numpy), not in every Metaflow process
+    from tritonflow.plugin.reference import DataRows
+
 # Artifact types (class names, as Metaflow stores them) that count as training data in the record.
 _DATA_TYPES = ("ndarray", "DataFrame", "Series", "scipy.sparse", "Table", "IncludedFile")
+# Those of them that can be feature matrices, loaded for the reference profile.
+_MATRIX_TYPES = ("ndarray", "DataFrame")
 
 
 class DeployException(MetaflowException):
@@ -186,9 +191,10 @@ class DeployDecorator(StepDecorator):
                     f"{attribute}={name!r} names no artifact of step *{step_name}*: set "
                     f"self.{name} ({holds}) in the step, or drop {attribute}"
                 )
+        data = self._data_artifacts(graph)
         provenance = Provenance(
             metaflow=self._run_info(flow),
-            data=self._data_artifacts(graph),
+            data=data,
             metrics=self._metrics(flow),
             selection=self.selection.to_record() if self.selection else None,
         )
@@ -200,6 +206,7 @@ class DeployDecorator(StepDecorator):
                 provenance=provenance,
                 sample_name=opts.sample,
                 sample_labels=getattr(flow, opts.labels) if opts.labels else None,
+                training_data=self._training_rows(data) if opts.sample else [],
             )
         except TritonflowError as exc:
             raise DeployException(f"nothing was published: {exc}") from None
@@ -271,6 +278,19 @@ class DeployDecorator(StepDecorator):
             }
             for name in names
         ]
+
+    def _training_rows(self, data: list[dict[str, Any]]) -> list[DataRows]:
+        """The training task's matrices (not the sample or labels) as DataRows for the reference
+        profile, loaded one at a time and capped in rows, so memory stays bounded."""
+        from tritonflow.plugin.reference import data_rows
+
+        skip = {self.options.sample, self.options.labels, self.options.model}
+        loaded = (
+            data_rows(entry["name"], entry["sha"], self.training_task[entry["name"]])
+            for entry in data
+            if entry["name"] not in skip and any(t in (entry["type"] or "") for t in _MATRIX_TYPES)
+        )
+        return [rows for rows in loaded if rows is not None]
 
     def _metrics(self, flow) -> dict[str, Any]:
         name = self.options.metrics

@@ -7,6 +7,7 @@ on plain data, so the same path can deploy from a notebook or a test.
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from tritonflow.plugin import promotion
 from tritonflow.plugin.exporters import config_spec, export_model
 from tritonflow.plugin.options import DeployOptions
 from tritonflow.plugin.parity import check_parity
-from tritonflow.plugin.reference import profile, profile_bytes, sample_matrix
+from tritonflow.plugin.reference import DataRows, profile_bytes, reference_profile, sample_matrix
 from tritonflow.plugin.signature import describe
 from tritonflow.serving import labels, model_config
 from tritonflow.serving.release_policy import champion_config
@@ -47,6 +48,7 @@ def deploy(
     provenance: Provenance,
     sample_name: str | None = None,
     sample_labels: Any = None,
+    training_data: Sequence[DataRows] = (),
 ) -> DeploymentRecord:
     """Publish `model` as the next version of `options.name`; return its deployment record.
 
@@ -54,7 +56,8 @@ def deploy(
     before the repository is touched; a retried task that already published the same files gets its
     earlier deployment back (settled, if a crash stopped it before) instead of a second version. The
     config is written serving the current champion; the new version takes over only once its promote
-    event is written (promotion.settle).
+    event is written (promotion.settle). The reference profile describes the `training_data` matrices
+    that fit the signature (the sample when none does).
     """
     signature = describe(model, sample)
     export = export_model(model, options.format, signature.n_features, options.triton_version)
@@ -76,7 +79,13 @@ def deploy(
     # NOTE: only a given sample is training data; the rows generated without one profile nothing
     reference = (
         profile_bytes(
-            profile(sample_matrix(sample), signature.feature_names, export.native_predict, sample_name)
+            reference_profile(
+                sample_matrix(sample),
+                sample_name,
+                training_data,
+                (signature.n_features, signature.feature_names),
+                export.native_predict,
+            )
         )
         if sample is not None
         else None

@@ -1,8 +1,12 @@
-"""The reference profile @deploy writes beside a version: the `sample`'s distribution per feature and
-the distribution of the model's predictions on it (lineage/reference.py describes the file).
+"""The reference profile @deploy writes beside a version: the training data's distribution per feature and
+the distribution of the model's predictions on the `sample` (lineage/reference.py describes the file).
+
+The training data is the training task's feature matrices that fit the model's signature (`DataRows`,
+`fits`), e.g. X_train, all of them together; a task without one is profiled from the sample instead.
 
 One sort per feature of a random subsample of PROFILE_ROWS rows carries the bins, quantiles and mean;
-min, max and the missing share are exact over every row; 1M rows x 30 features take under a second
+min, max and the missing share are exact over every row held (a training artifact keeps at most
+TRAINING_ROWS, drawn the same way, so memory stays bounded); 1M rows x 30 features take under a second
 (benchmarks/reference_profile.py). The predictions are
 the native model's answers in the export's output layout (`Export.native_predict`, which the parity
 gate holds equal to what the node serves), on at most PREDICTION_ROWS rows of the sample.
@@ -11,7 +15,8 @@ gate holds equal to what the node serves), on at most PREDICTION_ROWS rows of th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,15 +28,80 @@ BINS = 10  # equal-frequency bins of the reference, plus open ends
 LEVELS = np.linspace(0.0, 1.0, 101)  # quantile levels kept for the KS estimate
 PROFILE_ROWS = 200_000  # bins and quantiles from a random subsample: shares to ~0.1%, at a fifth the cost
 PREDICTION_ROWS = 100_000
+TRAINING_ROWS = 1_000_000  # rows kept per training artifact: 1M x 30 float32 features hold 120 MB
+
+
+@dataclass(frozen=True)
+class DataRows:
+    """One training artifact as float32 rows (at most TRAINING_ROWS of them, drawn by `subsample_picks`),
+    its record's sha, its column names (a DataFrame's) and its row count before the cap."""
+
+    name: str
+    sha: str | None
+    rows: np.ndarray
+    columns: list[str] | None
+    total_rows: int
+
+
+def data_rows(name: str, sha: str | None, value: Any) -> DataRows | None:
+    """`value` as DataRows when it is a numeric 2-D numpy array or DataFrame; None for anything else
+    (a target vector, text columns): those are not feature matrices."""
+    if getattr(value, "ndim", None) != 2 or hasattr(value, "toarray"):  # scipy.sparse: not profiled
+        return None
+    picks = subsample_picks(len(value), TRAINING_ROWS)
+    head = value if picks is None else value.iloc[picks] if hasattr(value, "iloc") else value[picks]
+    try:
+        rows = np.asarray(head, dtype=np.float32)
+    except (TypeError, ValueError):
+        return None
+    columns = getattr(value, "columns", None)
+    names = [str(c) for c in columns] if columns is not None else None
+    return DataRows(name, sha, rows, names, len(value))
+
+
+def fits(data: DataRows, n_features: int, feature_names: list[str] | None) -> bool:
+    """Whether `data` holds rows of the model's input: n_features columns, and a DataFrame's columns
+    are the signature's feature names in order (the same width in another order is other data)."""
+    width_ok = data.rows.shape[1] == n_features and len(data.rows) > 0
+    return width_ok and (data.columns is None or feature_names is None or data.columns == feature_names)
+
+
+def reference_profile(
+    sample: np.ndarray,
+    sample_name: str | None,
+    training: Sequence[DataRows],
+    signature: tuple[int, list[str] | None],
+    predict: Callable[[np.ndarray], np.ndarray],
+) -> dict[str, Any]:
+    """The profile of the training matrices that fit the `signature` (n_features, feature names),
+    else of the sample; the predictions always on the sample (the rows @deploy checked the model on)."""
+    n_features, names = signature
+    matching = [data for data in training if fits(data, n_features, names)]
+    if not matching:
+        source = _source("sample", [(sample_name, None, len(sample))])
+        return profile(sample, names, predict, source)
+    rows = np.concatenate([data.rows for data in matching])
+    source = _source("training", [(data.name, data.sha, data.total_rows) for data in matching])
+    return profile(rows, names, predict, source, scored=sample)
+
+
+def _source(kind: str, artifacts: list[tuple[str | None, str | None, int]]) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "artifacts": [{"name": name, "sha": sha, "rows": rows} for name, sha, rows in artifacts],
+        "rows": sum(rows for _, _, rows in artifacts),
+    }
 
 
 def profile(
     rows: np.ndarray,
     feature_names: list[str] | None,
     predict: Callable[[np.ndarray], np.ndarray] | None = None,
-    source: str | None = None,
+    source: dict[str, Any] | None = None,
+    scored: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The reference profile of `rows` (rows, features), as JSON-ready data."""
+    """The reference profile of `rows` (rows, features), as JSON-ready data; the predictions on
+    `scored` (default: `rows`)."""
     rows = np.asarray(rows, dtype=np.float32)
     names = feature_names or [f"input__0[{j}]" for j in range(rows.shape[1])]
     sample = _subsample(rows)
@@ -63,7 +133,8 @@ def profile(
         "prediction": None,
     }
     if predict is not None:
-        head = sample[:PREDICTION_ROWS]
+        predicted = sample if scored is None else _subsample(np.asarray(scored, dtype=np.float32))
+        head = predicted[:PREDICTION_ROWS]
         scores = np.sort(prediction_score(predict(head)))
         present = scores[~np.isnan(scores)]
         doc["prediction"] = {
@@ -76,11 +147,16 @@ def profile(
 
 
 def _subsample(rows: np.ndarray) -> np.ndarray:
-    """At most PROFILE_ROWS rows, drawn at random (seeded: the same sample profiles the same), in order."""
-    if len(rows) <= PROFILE_ROWS:
-        return rows
-    picks = np.random.default_rng(0).integers(0, len(rows), PROFILE_ROWS)
-    return rows[np.sort(picks)]
+    picks = subsample_picks(len(rows), PROFILE_ROWS)
+    return rows if picks is None else rows[picks]
+
+
+def subsample_picks(n: int, limit: int) -> np.ndarray | None:
+    """Indices of at most `limit` of `n` rows, drawn at random (seeded: the same rows profile the same),
+    in order; None when all `n` fit."""
+    if n <= limit:
+        return None
+    return np.sort(np.random.default_rng(0).integers(0, n, limit))
 
 
 def _number(value: np.floating) -> float | None:
