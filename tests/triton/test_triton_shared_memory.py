@@ -52,7 +52,8 @@ CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/v2/systemsharedmemory/region/nope/status", None),
     register("gone", f"{KEY}-none", 8),  # no such key
     register("big", f"{KEY}-in", 64, 32),  # past the file
-    register("empty", f"{KEY}-in", 0),
+    # NOTE: no byte_size 0 region here: Triton 24.10 sometimes never answers that register (its libevent
+    # logs "Epoll MOD ... Bad file descriptor"; seen twice in CI), so it cannot be compared call for call
     infer({"shared_memory_byte_size": IN}, {"shared_memory_byte_size": 64}),
     infer({"shared_memory_byte_size": IN}, {"shared_memory_byte_size": 56, "shared_memory_offset": 8}),
     infer({"shared_memory_byte_size": IN}, {"shared_memory_byte_size": 60, "shared_memory_offset": 8}),
