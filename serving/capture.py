@@ -43,6 +43,19 @@ DEFAULT_QUEUE_ROWS = 250_000
 LOG_EVERY_S = 60.0
 
 
+class Throttled:
+    """A warning said at most once per LOG_EVERY_S, so a full queue or a down store cannot flood the log."""
+
+    def __init__(self) -> None:
+        self._next = 0.0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + LOG_EVERY_S
+            log.warning(message, *args)
+
+
 class CaptureError(TritonflowError):
     """A capture root the node cannot write, or capture flags that do not fit together."""
 
@@ -110,7 +123,7 @@ class Capture:
         self._lock = threading.Lock()  # guards _held and stats.dropped: both threads change them
         self._held = 0  # rows accepted and not yet written or dropped
         self._partitions: dict[str, Partition] = {}  # by deployment id
-        self._next_log = 0.0
+        self._full = Throttled()
 
     def offer(
         self,
@@ -182,13 +195,10 @@ class Capture:
         return found
 
     def _say_full(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_log:
-            self._next_log = now + LOG_EVERY_S
-            log.warning(
-                "capture queue full (%d rows not yet written to %s): dropping new rows, %d so far "
-                "(tritonflow_capture_dropped_total); raise --capture-queue-rows or check the store",
-                self.settings.queue_rows,
-                self.settings.root,
-                self.stats.dropped,
-            )
+        self._full.warning(
+            "capture queue full (%d rows not yet written to %s): dropping new rows, %d so far "
+            "(tritonflow_capture_dropped_total); raise --capture-queue-rows or check the store",
+            self.settings.queue_rows,
+            self.settings.root,
+            self.stats.dropped,
+        )

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from tritonflow.lineage import capture_layout as layout
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.store import Store
-from tritonflow.serving.capture import LOG_EVERY_S, Capture, Entry, Partition
+from tritonflow.serving.capture import Capture, Entry, Partition, Throttled
 from tritonflow.serving.model_version import Tensor
 
 log = logging.getLogger("tritonflow.serving")
@@ -62,7 +62,7 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="tritonflow-capture", daemon=True)
         self._node = uuid.uuid4().hex[:8]  # NOTE: in file names, so nodes sharing a root never collide
         self._files = 0
-        self._next_log = 0.0
+        self._failed = Throttled()
 
     def start(self) -> None:
         # NOTE: pyarrow imports pandas on its first table (~0.6 s holding the GIL): here, before serving,
@@ -144,16 +144,13 @@ class Writer:
         return layout.CaptureKey(partition.model, partition.version, hour, name).key
 
     def _say_failed(self, exc: Exception, rows: int) -> None:
-        now = time.monotonic()
-        if now >= self._next_log:
-            self._next_log = now + LOG_EVERY_S
-            log.warning(
-                "capture: cannot write to %s (%s); %d rows kept to try again "
-                "(tritonflow_capture_failures_total counts the failed writes)",
-                self.capture.settings.root,
-                exc,
-                rows,
-            )
+        self._failed.warning(
+            "capture: cannot write to %s (%s); %d rows kept to try again "
+            "(tritonflow_capture_failures_total counts the failed writes)",
+            self.capture.settings.root,
+            exc,
+            rows,
+        )
 
 
 def table(entries: Sequence[Entry]) -> pa.Table:
