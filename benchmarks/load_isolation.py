@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from machine import RESULTS, write_result
+from machine import RESULTS, write_report
 
 from tritonflow.plugin.exporters import config_spec, export_model
 from tritonflow.serving.model_config import build_config, render
@@ -276,10 +276,7 @@ def main() -> None:
         print("start-up (fresh process, medians):")
         boot = startup(copies, counts, 1 if args.quick else 3)
     report = {"quick": args.quick, "engine": ENGINE, **measured, "startup": boot}
-    path = write_result("load_isolation", report, args.out)
-    report["machine"] = json.loads(path.read_text())["machine"]
-    (args.out / "load_isolation.md").write_text(markdown(report))
-    print(f"wrote {path} and load_isolation.md")
+    write_report("load_isolation", report, args.out, markdown)
 
 
 if __name__ == "__main__":

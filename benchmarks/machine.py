@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +37,24 @@ def write_result(name: str, payload: dict[str, Any], folder: Path = RESULTS) -> 
     path = folder / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     return path
+
+
+def write_report(
+    name: str, report: dict[str, Any], out: Path, markdown: Callable[[dict[str, Any]], str]
+) -> None:
+    """`<name>.json` and `<name>.md` in `out`, the machine recorded in both."""
+    path = write_result(name, report, out)
+    (out / f"{name}.md").write_text(markdown({**report, "machine": machine()}))
+    print(f"wrote {path} and {name}.md")
+
+
+def preamble(title: str, script: str, report: dict[str, Any]) -> list[str]:
+    """The report's heading and the machine it ran on."""
+    m = report["machine"]
+    return [
+        f"# {title}",
+        "",
+        f"{m['cpu']}, {m['cores']} cores, load average {m['load_average']} at the end (other work on the "
+        f"machine skews timings); `python benchmarks/{script}{' --quick' if report['quick'] else ''}`.",
+        "",
+    ]

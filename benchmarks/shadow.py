@@ -17,18 +17,16 @@ Writes benchmarks/results/shadow.json and shadow.md.
 
 from __future__ import annotations
 
-import argparse
-import http.client
 import re
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import RESULTS, machine, write_result
+from machine import preamble, write_report
+from side_by_side import arguments, measure, medians, metrics_text
 
-from serving import ensure_wrk, rotated, running, say, single_row, tritonflow_contender, wrk, wrk_script
+from serving import running, tritonflow_contender
 
 MODEL = "shadowed"
 N_FEATURES = 30
@@ -60,29 +58,9 @@ def deploy(root: Path, with_shadow: bool) -> Path:
     return root
 
 
-def measure(nodes: list[Any], wrk_path: str, rounds: int, seconds: int) -> list[dict[str, Any]]:
-    """wrk at each connection count on each node, `rounds` times, the node that goes first rotating."""
-    row = np.random.default_rng(0).random(N_FEATURES).astype(np.float32)
-    rows = []
-    for round_no in range(rounds):
-        for node in rotated(nodes, round_no):
-            script = wrk_script(single_row(node, row), node.log.with_suffix(".lua"))
-            for connections in CONNECTIONS:
-                stats = wrk(wrk_path, node, script, connections, seconds)
-                rows.append(
-                    {"contender": node.label, "connections": connections, "round": round_no + 1, **stats}
-                )
-                p50, p99 = stats["p50_ms"], stats["p99_ms"]
-                say(f"round {round_no + 1} c{connections} {node.label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
-    return rows
-
-
 def shadow_counts(port: int) -> dict[str, float]:
     """The shadow node's tritonflow_shadow_* samples: compared, dropped, failed, mean disagreement."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    connection.request("GET", "/metrics")
-    text = connection.getresponse().read().decode()
-    connection.close()
+    text = metrics_text(port)
     outcomes = re.findall(r'^tritonflow_shadow_requests_total\{.*outcome="(\w+)".*\} (\S+)$', text, re.M)
     found = {outcome: float(value) for outcome, value in outcomes}
     total = re.search(r"^tritonflow_shadow_disagreement_sum\{.*\} (\S+)$", text, re.M)
@@ -92,28 +70,7 @@ def shadow_counts(port: int) -> dict[str, float]:
     return found
 
 
-def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per node and connection count: the medians over rounds of p50, p99 and requests/s."""
-    out = []
-    for connections in CONNECTIONS:
-        for node in NODES:
-            mine = [r for r in rows if r["contender"] == node and r["connections"] == connections]
-            out.append(
-                {
-                    "node": node,
-                    "connections": connections,
-                    "rounds": len(mine),
-                    **{
-                        k: statistics.median(r[k] for r in mine)
-                        for k in ("p50_ms", "p99_ms", "requests_per_s")
-                    },
-                }
-            )
-    return out
-
-
 def markdown(report: dict[str, Any]) -> str:
-    m = report["machine"]
     table = [
         "| connections | node | p50 ms | p99 ms | requests/s |",
         "|---:|---|---:|---:|---:|",
@@ -126,11 +83,7 @@ def markdown(report: dict[str, Any]) -> str:
     counts = report["shadow_counts"]
     return "\n".join(
         [
-            "# Shadow: the champion's latency with and without a shadow",
-            "",
-            f"{m['cpu']}, {m['cores']} cores, load average {m['load_average']} at the end (other work on the "
-            f"machine skews timings); `python benchmarks/shadow.py{' --quick' if report['quick'] else ''}`.",
-            "",
+            *preamble("Shadow: the champion's latency with and without a shadow", "shadow.py", report),
             "Two nodes side by side, the same v1 champion (RandomForest 100 trees, depth 8, 30 features, "
             "engine `auto`); one also runs v2 as shadow, in a worker process at nice 19. wrk, 1-row JSON "
             "requests, unversioned; "
@@ -147,14 +100,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer and shorter rounds")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
-    args = parser.parse_args()
-    wrk_path = ensure_wrk()
-    if wrk_path is None:
-        raise SystemExit("wrk is needed: `sudo apt-get install -y wrk`")
-    rounds, seconds = (2, 3) if args.quick else (5, 8)
+    args, wrk_path, rounds, seconds = arguments(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         nodes = [
@@ -162,20 +108,17 @@ def main() -> None:
             for i, label in enumerate(NODES)
         ]
         with running(nodes):
-            rows = measure(nodes, wrk_path, rounds, seconds)
+            rows = measure(nodes, wrk_path, rounds, seconds, CONNECTIONS, N_FEATURES)
             counts = shadow_counts(nodes[1].port)
     report = {
         "quick": args.quick,
         "rounds": rounds,
         "seconds": seconds,
-        "medians": medians(rows),
+        "medians": medians(rows, NODES, CONNECTIONS),
         "shadow_counts": counts,
         "runs": rows,
     }
-    path = write_result("shadow", report, args.out)
-    report["machine"] = machine()
-    (args.out / "shadow.md").write_text(markdown(report))
-    print(f"wrote {path} and shadow.md")
+    write_report("shadow", report, args.out, markdown)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 
 from tritonflow import api
-from tritonflow.api import describe_deployment as describe  # noqa: F401 - quickstart, lookup_command import it
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.report import render_text
 

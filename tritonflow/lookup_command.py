@@ -9,13 +9,13 @@ import json
 import sys
 from typing import Any
 
+from tritonflow.api import describe_deployment
 from tritonflow.lineage import capture_layout as cl
 from tritonflow.lineage.captures import CaptureError, nothing_found, open_captures, skipped_note
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.records import iso_utc
 from tritonflow.lineage.report import render_text
 from tritonflow.lineage.repository import ModelRepository, default_repository
-from tritonflow.lineage_command import describe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +51,9 @@ def main(args: argparse.Namespace) -> int:
     lineages: dict[str, dict[str, Any]] = {}
     for stamp in sorted({row[cl.DEPLOYMENT_ID] for row in rows}):
         try:
-            lineages[stamp] = describe(repository, repository.resolve(stamp), live=not args.no_metaflow)
+            lineages[stamp] = describe_deployment(
+                repository, repository.resolve(stamp), live=not args.no_metaflow
+            )
         except TritonflowError as exc:
             lineages[stamp] = {"error": str(exc)}
     if args.json:

@@ -220,10 +220,10 @@ def _score(directory: Path, port: int, rows: int) -> str:
 
 
 def _lineage(repository: Path, deployment_id: str) -> None:
+    from tritonflow.api import describe_deployment
     from tritonflow.lineage.report import render_text
     from tritonflow.lineage.repository import ModelRepository
-    from tritonflow.lineage_command import describe
 
     repo = ModelRepository(repository)
-    text = render_text(describe(repo, repo.resolve(deployment_id)))
+    text = render_text(describe_deployment(repo, repo.resolve(deployment_id)))
     print("\n".join(f"      {line}" for line in text.splitlines()), flush=True)

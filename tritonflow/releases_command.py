@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from tritonflow import api
 from tritonflow.api import RELEASES_SCHEMA as JSON_SCHEMA
-from tritonflow.api import describe_releases as describe  # noqa: F401 - tests import it from here
 from tritonflow.lineage.releases import ReleaseEvent
 from tritonflow.lineage.repository import ModelRepository
 

@@ -16,6 +16,7 @@ import treelite
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 
+from tritonflow.api import describe_releases
 from tritonflow.lineage import layout
 from tritonflow.lineage.errors import RepositoryError, TritonflowError
 from tritonflow.lineage.releases import (
@@ -28,7 +29,6 @@ from tritonflow.lineage.releases import (
     set_shadow,
 )
 from tritonflow.lineage.repository import ModelRepository
-from tritonflow.releases_command import describe
 from tritonflow.serving.model_config import (
     ConfigSpec,
     TensorSpec,
@@ -242,13 +242,13 @@ def test_a_crash_between_the_event_and_the_config_is_repaired_by_the_next_comman
     promote(repo, MODEL, 1, champion_config, reason="x")
     repo.store.write(layout.config_key(MODEL), CONFIG.encode())  # the config as it was before the event
     assert served(repo) == [2]
-    assert describe(repo, MODEL)["config_drift"] == (
+    assert describe_releases(repo, MODEL)["config_drift"] == (
         f"config.pbtxt serves [2], not the champion v1 (a command was interrupted): "
         f"`tritonflow promote {repo.given} m:1` repairs it"
     )
     state, event = promote(repo, MODEL, 1, champion_config, reason="again")
     assert event is None and len(state.events) == 1  # no second decision for the same champion
-    assert served(repo) == [1] and describe(repo, MODEL)["config_drift"] is None
+    assert served(repo) == [1] and describe_releases(repo, MODEL)["config_drift"] is None
 
 
 def test_a_broken_history_is_an_error_naming_the_file(local_repo, make_record):
