@@ -2,7 +2,9 @@
 the distribution of the model's predictions on the `sample` (lineage/reference.py describes the file).
 
 The training data is the training task's feature matrices that fit the model's signature (`DataRows`,
-`fits`), e.g. X_train, all of them together; a task without one is profiled from the sample instead.
+`fits`): those named for training (X_train, train_rows: `is_training`) when any are, else all of them
+together (a task holding X_train and X_test is profiled from X_train alone); a task without one is
+profiled from the sample instead.
 
 One sort per feature of a random subsample of PROFILE_ROWS rows carries the bins, quantiles and mean;
 min, max and the missing share are exact over every row held (a training artifact keeps at most
@@ -15,6 +17,7 @@ gate holds equal to what the node serves), on at most PREDICTION_ROWS rows of th
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +69,12 @@ def fits(data: DataRows, n_features: int, feature_names: list[str] | None) -> bo
     return width_ok and (data.columns is None or feature_names is None or data.columns == feature_names)
 
 
+def is_training(name: str) -> bool:
+    """Whether an artifact's name says it holds training rows: a word `train` in it (X_train, train,
+    train_X, Xtrain), not a validation or test split beside it."""
+    return re.search(r"(^x|^|[^a-z])train(ing)?($|[^a-z])", name.lower()) is not None
+
+
 def reference_profile(
     sample: np.ndarray,
     sample_name: str | None,
@@ -77,6 +86,7 @@ def reference_profile(
     else of the sample; the predictions always on the sample (the rows @deploy checked the model on)."""
     n_features, names = signature
     matching = [data for data in training if fits(data, n_features, names)]
+    matching = [data for data in matching if is_training(data.name)] or matching
     if not matching:
         source = _source("sample", [(sample_name, None, len(sample))])
         return profile(sample, names, predict, source)

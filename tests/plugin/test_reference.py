@@ -12,7 +12,16 @@ import pytest
 from test_deploy_flow import TINY_FLOW, client, only_record, run_flow
 
 from tritonflow.lineage.records import sha256_hex
-from tritonflow.plugin.reference import BINS, PROFILE_ROWS, TRAINING_ROWS, data_rows, fits, profile
+from tritonflow.plugin.reference import (
+    BINS,
+    PROFILE_ROWS,
+    TRAINING_ROWS,
+    data_rows,
+    fits,
+    is_training,
+    profile,
+    reference_profile,
+)
 
 HOLDOUT_FLOW = Path(__file__).parent / "flows" / "holdout_flow.py"
 
@@ -130,3 +139,20 @@ def test_a_training_matrix_is_capped_in_rows() -> None:
     rows = data_rows("X_train", "sha", big)
     assert rows is not None and len(rows.rows) == TRAINING_ROWS and rows.total_rows == len(big)
     assert rows.rows[-1, 0] > TRAINING_ROWS, "drawn over every row, not the head"
+
+
+def test_matrices_named_for_training_are_the_reference_when_there_are_any() -> None:
+    rng = np.random.default_rng(1)
+    train = data_rows("X_train", "a", rng.normal(0, 1, size=(300, 2)))
+    test = data_rows("X_test", "b", rng.normal(5, 1, size=(100, 2)))
+    other = data_rows("features", "c", rng.normal(-5, 1, size=(100, 2)))
+    assert train is not None and test is not None and other is not None
+    sample = rng.normal(size=(20, 2)).astype(np.float32)
+    doc = reference_profile(sample, "X_val", [train, test, other], (2, None), lambda x: x[:, :1])
+    assert [a["name"] for a in doc["source"]["artifacts"]] == ["X_train"]
+    assert doc["rows"] == 300 and abs(doc["features"][0]["mean"]) < 0.3, "X_test's shift kept out"
+    # without a training name, every matching matrix counts
+    doc = reference_profile(sample, "X_val", [test, other], (2, None), lambda x: x[:, :1])
+    assert [a["name"] for a in doc["source"]["artifacts"]] == ["X_test", "features"]
+    assert [is_training(n) for n in ("X_train", "Xtrain", "train_df", "X_training")] == [True] * 4
+    assert not any(is_training(n) for n in ("X_test", "X_val", "strain", "constraint", "trainset"))
