@@ -1,9 +1,11 @@
-"""`tritonflow triton-backends DIR`: a backend directory for a Triton without FIL to serve our repositories.
+"""`tritonflow triton-backends DIR`: a backend directory for a Triton without FIL or ONNX Runtime to
+serve our repositories.
 
-Triton builds without the native FIL backend (the server inside the nvidia-pytriton wheel, say)
-still run Python-based backends: for `backend: "fil"` they load `<backends>/fil/model.py` through
-the python backend. This writes that directory from a Triton installation, so the repository's
-configs are served unchanged. Triton's NGC containers have the native FIL backend: skip this there.
+Triton builds without the native FIL or onnxruntime backends (the server inside the nvidia-pytriton
+wheel, say) still run Python-based backends: for `backend: "fil"` they load `<backends>/fil/model.py`
+through the python backend (`<backends>/onnxruntime/model.py` for ONNX). This writes that directory
+from a Triton installation, so the repository's configs are served unchanged. Triton's NGC
+containers have both native backends: skip this there.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sysconfig
 from pathlib import Path
 
 from tritonflow.lineage.errors import TritonflowError
+from tritonflow.serving.backends import BACKENDS
 
 STUB = "triton_python_backend_stub"
 PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
@@ -27,9 +30,10 @@ THIS_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 EPILOG = """\
 Run it from the Python environment that will run the models: it needs tritonflow (`pip install
---no-deps tritonflow` is enough), treelite 4.7.x, numpy, protobuf<7 and tritonclient[grpc]. With
-nvForest there (numpy>=2) the models run on it; Triton 24.10's python backend, the one in the
-nvidia-pytriton wheel, returns no outputs under numpy 2, so with that server they run on Treelite.
+--no-deps tritonflow` is enough), treelite 4.7.x, numpy, protobuf<7, tritonclient[grpc] and, for ONNX
+models, onnxruntime. With nvForest there (numpy>=2) the forests run on it; Triton 24.10's python
+backend, the one in the nvidia-pytriton wheel, returns no outputs under numpy 2, so with that server
+they run on Treelite.
 
 Then start Triton as printed, e.g. with nvidia-pytriton (numpy<2) installed in that environment:
 
@@ -85,7 +89,8 @@ def main(args: argparse.Namespace) -> int:
         launch = {"backend_directory": str(directory), "tritonserver": str(server), "environment": env}
         print(json.dumps(launch, indent=2))
         return 0
-    print(f"wrote {directory}: python (from {home / 'backends' / 'python'}) and fil (tritonflow)")
+    ours = ", ".join(name for name in BACKENDS if not native(home, name))
+    print(f"wrote {directory}: python (from {home / 'backends' / 'python'}) and {ours} (tritonflow)")
     print("start Triton on a repository with:")
     print(
         f'  LD_LIBRARY_PATH="{env["LD_LIBRARY_PATH"]}" PATH="{env["PATH"]}:$PATH" \\\n'
@@ -112,18 +117,26 @@ def pytriton_home() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
 
 
+def native(home: Path, backend: str) -> bool:
+    """Whether the installation has Triton's own library for `backend` (libtriton_<backend>.so)."""
+    return (home / "backends" / backend / f"libtriton_{backend}.so").is_file()
+
+
 def write_backends(directory: Path, home: Path, python_version: str) -> None:
-    """DIR/python (the installation's python backend and stub), DIR/fil/model.py, and links to the
-    installation's other backends, so that DIR alone can be Triton's --backend-directory."""
+    """DIR/python (the installation's python backend and stub), DIR/<backend>/model.py for each of
+    our backends the installation lacks, and links to its other backends, so that DIR alone can be
+    Triton's --backend-directory."""
     source = home / "backends" / "python"
     if not (source / "libtriton_python.so").is_file():
         raise TritonflowError(
             f"{home} is not a Triton installation with the python backend "
             f"({source / 'libtriton_python.so'} is missing): pass --triton-home"
         )
-    if (home / "backends" / "fil" / "libtriton_fil.so").is_file():
+    missing = [name for name in BACKENDS if not native(home, name)]
+    if not missing:
         raise TritonflowError(
-            f"{home} has Triton's native FIL backend: serve the repository with its own backends"
+            f"{home} has Triton's native {' and '.join(BACKENDS)} backends: serve the repository with "
+            "its own backends"
         )
     stub = _stub(home, python_version)
     python = directory / "python"
@@ -131,13 +144,15 @@ def write_backends(directory: Path, home: Path, python_version: str) -> None:
     for name in PYTHON_BACKEND_FILES:
         shutil.copy2(source / name, python / name)
     shutil.copy2(stub, python / STUB)
-    fil = directory / "fil"
-    fil.mkdir(exist_ok=True)
-    adapter = importlib.resources.files("tritonflow.serving.triton_backend") / "model.py"
-    (fil / "model.py").write_text(adapter.read_text())
+    adapter = (importlib.resources.files("tritonflow.serving.triton_backend") / "model.py").read_text()
+    for name in missing:
+        if (directory / name).is_symlink():  # NOTE: a link a run against another installation left
+            (directory / name).unlink()
+        (directory / name).mkdir(exist_ok=True)
+        (directory / name / "model.py").write_text(adapter)
     for other in sorted((home / "backends").iterdir()):
         link = directory / other.name
-        if other.name not in ("python", "fil") and other.is_dir() and not link.exists():
+        if other.name not in ("python", *missing) and other.is_dir() and not link.exists():
             link.symlink_to(other.resolve(), target_is_directory=True)
 
 

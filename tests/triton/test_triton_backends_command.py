@@ -23,7 +23,9 @@ def installation(root: Path, *, wheel: bool = True) -> Path:
     python.mkdir(parents=True)
     for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
         (python / name).write_text(name)
-    (home / "backends" / "onnxruntime").mkdir()
+    (home / "backends" / "onnxruntime").mkdir()  # NOTE: no libtriton_onnxruntime.so: not a native one
+    (home / "backends" / "identity").mkdir()
+    (home / "backends" / "identity" / "libtriton_identity.so").write_text("")
     if wheel:
         for version in ("3.10", "3.11"):
             (home / "python_backend_stubs" / version).mkdir(parents=True)
@@ -34,7 +36,7 @@ def installation(root: Path, *, wheel: bool = True) -> Path:
     return home
 
 
-def test_writes_python_fil_and_links_the_other_backends(tmp_path: Path) -> None:
+def test_writes_python_fil_onnxruntime_and_links_the_other_backends(tmp_path: Path) -> None:
     home = installation(tmp_path)
     out = tmp_path / "backends"
     write_backends(out, home, "3.10")
@@ -45,10 +47,20 @@ def test_writes_python_fil_and_links_the_other_backends(tmp_path: Path) -> None:
     ]
     assert (out / "python" / "triton_python_backend_stub").read_text() == "3.10"
     adapter = importlib.resources.files("tritonflow.serving.triton_backend") / "model.py"
-    assert (out / "fil" / "model.py").read_text() == adapter.read_text()
-    assert (out / "onnxruntime").resolve() == (home / "backends" / "onnxruntime").resolve()
+    for backend in ("fil", "onnxruntime"):
+        assert (out / backend / "model.py").read_text() == adapter.read_text()
+    assert (out / "identity").resolve() == (home / "backends" / "identity").resolve()
     write_backends(out, home, "3.11")  # again over itself: refreshed, not refused
     assert (out / "python" / "triton_python_backend_stub").read_text() == "3.11"
+
+
+def test_a_native_backend_is_linked_not_replaced(tmp_path: Path) -> None:
+    home = installation(tmp_path)
+    (home / "backends" / "onnxruntime" / "libtriton_onnxruntime.so").write_text("")
+    out = tmp_path / "backends"
+    write_backends(out, home, "3.10")
+    assert (out / "onnxruntime").is_symlink() and (out / "fil" / "model.py").is_file()
+    assert (out / "onnxruntime").resolve() == (home / "backends" / "onnxruntime").resolve()
 
 
 def test_an_ngc_layout_keeps_its_own_stub(tmp_path: Path) -> None:
@@ -68,7 +80,7 @@ def test_the_launch_environment_points_at_the_wheels_libraries(tmp_path: Path) -
     ("breakage", "message"),
     [
         ("no python backend", "is not a Triton installation with the python backend"),
-        ("native fil", "has Triton's native FIL backend"),
+        ("native fil and onnxruntime", "has Triton's native fil and onnxruntime backends"),
         ("no stub", "has no python backend stub for Python 3.9 (stubs for: 3.10, 3.11)"),
     ],
 )
@@ -76,9 +88,10 @@ def test_errors_say_what_to_do(tmp_path: Path, breakage: str, message: str) -> N
     home = installation(tmp_path)
     if breakage == "no python backend":
         (home / "backends" / "python" / "libtriton_python.so").unlink()
-    elif breakage == "native fil":
+    elif breakage == "native fil and onnxruntime":
         (home / "backends" / "fil").mkdir()
         (home / "backends" / "fil" / "libtriton_fil.so").write_text("")
+        (home / "backends" / "onnxruntime" / "libtriton_onnxruntime.so").write_text("")
     with pytest.raises(TritonflowError, match=message.replace("(", r"\(").replace(")", r"\)")):
         write_backends(tmp_path / "backends", home, "3.9" if breakage == "no stub" else "3.10")
 

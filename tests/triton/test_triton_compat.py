@@ -2,8 +2,9 @@
 
 The server is Triton 24.10 from the nvidia-pytriton wheel: it has no native FIL backend, so it
 runs ours (`tritonflow triton-backends`: a Python-based `fil` backend on tritonflow's forest
-engine, here Treelite's GTIL) while our serving node runs nvForest where installed. Its backends
-folder has no onnxruntime backend either, so the ONNX check skips there.
+engine, here Treelite's GTIL) while our serving node runs nvForest where installed. It has no
+onnxruntime backend either: ONNX versions run on our Python-based `onnxruntime` backend (ONNX
+Runtime through the same OnnxBackend our node loads).
 The repository holds the fraud flow's winner, a pre-25.09 (`output_class`) classifier, a classifier
 on string labels (its labels file beside config.pbtxt) and a regressor that gets a second version
 while Triton polls.
@@ -308,19 +309,27 @@ def test_a_second_deploy_becomes_the_version_triton_serves(
     assert doc["deployment"]["deployment_id"] == "price:2@DirectFlow/202"
 
 
-def test_onnx_versions_answer_as_the_native_model(
-    triton: Any, triton_backends: Any, repository: Path
+def test_onnx_versions_answer_as_the_native_model_and_our_node(
+    triton: Any, node: Server, repository: Path
 ) -> None:
-    backends = sorted(p.name for p in (triton_backends.home / "backends").iterdir())
-    if "onnxruntime" not in backends:
-        pytest.skip(
-            f"this Triton ({triton_backends.home}) has backends {backends}, no onnxruntime: it cannot serve "
-            "ONNX versions (NGC Triton containers can; tests/serving checks ONNX on our node)"
-        )
     X, y = make_classification(400, 8, random_state=5)
     X = X.astype(np.float32)
     model = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, y)
-    deploy_direct(repository, "onnx-lr", model, X, "301")
+    record = deploy_direct(repository, "onnx-lr", model, X, "301")
+    assert record.backend == "onnxruntime"
     triton.wait_ready("onnx-lr", 1, timeout=10 * triton.POLL_SECS + 20)
-    answer, _ = infer(triton.http, "onnx-lr", X[:ROWS])
-    np.testing.assert_allclose(answer, model.predict_proba(X[:ROWS]), rtol=1e-5, atol=ATOL)
+    for client in (triton.http, triton.grpc):
+        answer, _ = infer(client, "onnx-lr", X[:ROWS])
+        np.testing.assert_allclose(answer, model.predict_proba(X[:ROWS]), rtol=1e-5, atol=ATOL)
+    wait_for(lambda: node.client.is_model_ready("onnx-lr"), what="our node to serve onnx-lr")
+    from_node, _ = infer(node.client, "onnx-lr", X[:ROWS])
+    np.testing.assert_allclose(answer, from_node, rtol=1e-6, atol=1e-6)
+    # requests Triton's dynamic batcher joins into one execute get their own rows back
+    sizes, pending = [1, 9, 40, 3], []
+    for n in sizes:
+        tensor = httpclient.InferInput("input__0", [n, X.shape[1]], "FP32")
+        tensor.set_data_from_numpy(X[:n])
+        pending.append(triton.http.async_infer("onnx-lr", [tensor]))
+    for n, request in zip(sizes, pending, strict=True):
+        part = request.get_result().as_numpy("output__0")
+        np.testing.assert_allclose(part, model.predict_proba(X[:n]), rtol=1e-5, atol=ATOL)

@@ -31,6 +31,7 @@ REQUIREMENTS = (
     "nvidia-pytriton==0.7.0",  # Triton 24.10 (server 2.51.0); its backends folder has the python backend only
     "numpy<2",  # pytriton's pin; Triton 24.10's python backend also returns no outputs under numpy 2
     "treelite>=4.7,<4.8",  # what the checkpoints were written with
+    "onnxruntime>=1.20",  # the Python-based onnxruntime backend's runtime (numpy>=1.21.6: numpy<2 fits)
     "protobuf>=4.25,<7",
     "tritonclient[grpc]>=2.50",  # the config schema ForestBackend reads
     "setuptools>=69",  # installs the checkout without network access (--no-build-isolation)
