@@ -96,34 +96,25 @@ class LocalStore(Store):
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)
         with _failing_as("write", path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            tmp = _aside(path, data)
             try:
-                with os.fdopen(fd, "wb") as f:
-                    # mkstemp makes 0600: a server run as another user must read it
-                    os.fchmod(f.fileno(), 0o644)
-                    f.write(data)
                 os.replace(tmp, path)
             except BaseException:
-                Path(tmp).unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)
                 raise
 
     def create(self, key: str, data: bytes) -> bool:
         path = self._path(key)
         with _failing_as("create", path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            tmp = _aside(path, data)
             try:
-                with os.fdopen(fd, "wb") as f:
-                    os.fchmod(f.fileno(), 0o644)
-                    f.write(data)
                 # NOTE: link, not O_EXCL on the target: a reader that loses the race reads the whole
                 # file, never the empty one an exclusive open shows until its write lands
                 os.link(tmp, path)
             except FileExistsError:
                 return False
             finally:
-                Path(tmp).unlink(missing_ok=True)
+                tmp.unlink(missing_ok=True)
             return True
 
     def walk(self, prefix: str) -> list[StoredFile]:
@@ -227,3 +218,18 @@ def _unless_gone(
     """rmtree's error handler: a file already removed (a concurrent delete) is fine, others fail."""
     if not isinstance(exc_info[1], FileNotFoundError):
         raise exc_info[1]
+
+
+def _aside(path: Path, data: bytes) -> Path:
+    """`data` in a temp file beside `path` (`.<name>.XXXXXXXX`), readable by all, for a rename or link."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            # NOTE: mkstemp makes 0600: a server run as another user must read it
+            os.fchmod(f.fileno(), 0o644)
+            f.write(data)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
