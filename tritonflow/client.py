@@ -14,32 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tritonclient.utils import InferenceServerException
 
-from tritonflow.lineage.errors import TritonflowError
+from tritonflow.serving.frames import FrameError, column_tensor
 
 if TYPE_CHECKING:
     import pandas as pd
-
-# Triton datatype -> numpy dtype, for the inputs a frame can fill
-_NUMPY = {
-    "BOOL": np.bool_,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
-# What a missing value (None, NaN) of a string column is sent as: the empty string.
-MISSING_STRING = ""
-
-
-class FrameError(TritonflowError):
-    """The frame does not fit the model's inputs; the message names the column."""
 
 
 def infer_frame(
@@ -83,7 +61,7 @@ def frame_inputs(frame: pd.DataFrame, inputs: list[dict[str, Any]]) -> list[tupl
                 f"model input {only['name']!r} takes {width} columns, the frame has {len(columns)}: "
                 "send the columns the model was trained on, in that order"
             )
-        return [(only["name"], only["datatype"], _column(frame, None, only["datatype"]))]
+        return [(only["name"], only["datatype"], column_tensor(frame, None, only["datatype"]))]
     missing = [n for n in names if n not in columns]
     extra = [c for c in columns if c not in names]
     if missing or extra:
@@ -95,30 +73,9 @@ def frame_inputs(frame: pd.DataFrame, inputs: list[dict[str, Any]]) -> list[tupl
         )
     out = []
     for spec in inputs:
-        rows = _column(frame, spec["name"], spec["datatype"])
-        shape = spec["shape"]
-        out.append((spec["name"], spec["datatype"], rows.reshape(-1, 1) if len(shape) > 1 else rows))
+        rows = column_tensor(frame, spec["name"], spec["datatype"])
+        out.append((spec["name"], spec["datatype"], rows if len(spec["shape"]) > 1 else rows.ravel()))
     return out
-
-
-def _column(frame: pd.DataFrame, name: str | None, datatype: str) -> np.ndarray:
-    """One column (or, with `name` None, the whole frame) as the datatype's numpy array."""
-    values = frame if name is None else frame[name]
-    what = "the frame" if name is None else f"column {name!r}"
-    if datatype == "BYTES":
-        flat = values.to_numpy(dtype=object).ravel()
-        encoded = [MISSING_STRING.encode() if _missing(v) else str(v).encode() for v in flat]
-        return np.array(encoded, dtype=object).reshape(values.shape)
-    if datatype not in _NUMPY:
-        raise FrameError(f"{what}: the model's datatype {datatype} cannot be filled from a frame")
-    try:
-        return values.to_numpy(dtype=_NUMPY[datatype])
-    except (TypeError, ValueError) as exc:
-        raise FrameError(f"{what} must hold numbers for the model's {datatype} input: {exc}") from None
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
 
 
 def _metadata(client: Any, model: str, version: str, protocol: str) -> dict[str, Any]:

@@ -37,7 +37,7 @@ def export_model(model: Any, fmt: str, n_features: int, triton_version: str) -> 
     check_trained(model)
     model = unwrap_pipeline(model)
     with library_errors(type(model).__name__, "exporting"):
-        native = load_object(FAMILIES[_family(model)])(model)
+        native = native_model(model)
         if fmt == "auto":
             # NOTE: in table order, imported only when reached: a tree ensemble never loads the ONNX exporter.
             fmt = next(name for name in EXPORTERS if _exporter(name).can_export(native))
@@ -78,6 +78,11 @@ def _labels(export: Export) -> tuple[str, ...]:
     return labels
 
 
+def native_model(model: Any) -> Any:
+    """The model's adapter (plugin/exporters/native.py); ExportError for a library not in FAMILIES."""
+    return load_object(FAMILIES[_family(model)])(model)
+
+
 def _family(model: Any) -> str:
     """The library of the model's class or of its bases (a user's subclass of a forest is a forest)."""
     for base in type(model).__mro__:
@@ -116,5 +121,6 @@ __all__ = [
     "Exporter",
     "config_spec",
     "export_model",
+    "native_model",
     "unwrap_pipeline",
 ]
