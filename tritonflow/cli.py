@@ -61,6 +61,7 @@ COMMANDS = {
     ),
     "check-config": ("tritonflow.serving.check_command", "validate config.pbtxt files (Triton schema + FIL)"),
     "triton-backends": ("tritonflow.serving.triton_backends_command", "a backend dir for Triton without FIL"),
+    "kube": ("tritonflow.serving.kubernetes.command", "Kubernetes/KServe manifests serving a model from S3"),
 }
 PIPE_CLOSED = 128 + signal.SIGPIPE  # 141: the exit status of a process killed by SIGPIPE
 
