@@ -16,6 +16,9 @@ from tritonflow.lineage.errors import RepositoryError
 from tritonflow.lineage.ids import DeploymentId
 
 SCHEMA = "tritonflow.deployment/v1"
+# metaflow.project.branch of a production deploy (Metaflow's branch under --production); a record
+# without a project block counts as production's too
+PRODUCTION_BRANCH = "prod"
 
 
 def sha256_hex(data: bytes) -> str:

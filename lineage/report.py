@@ -62,6 +62,7 @@ def lineage_document(
             "step": meta.get("step"),
             "task": task,
             "attempt": meta.get("attempt"),
+            "project": meta.get("project"),  # @project: project, branch, production; None without it
         },
         "code": {
             **code_identity(meta),
@@ -192,6 +193,7 @@ def render_text(doc: dict[str, Any]) -> str:
             ("finished", run["finished_at"]),
             ("tags", ", ".join(run["tags"]) or "-"),
             ("deployed by", f"{run['task']} (attempt {run['attempt']})"),
+            ("project", _project(run.get("project"))),
             *[(f"param {k}", v if v != "" else "''") for k, v in sorted(run["parameters"].items())],
         ],
     )
@@ -259,6 +261,19 @@ def render_text(doc: dict[str, Any]) -> str:
     if doc["metaflow"]["notice"]:
         lines.append(f"note: {doc['metaflow']['notice']}")
     return "\n".join(lines)
+
+
+def _project(project: dict[str, Any] | None) -> str | None:
+    if not project:
+        return None
+    production_model = project.get("production_model")
+    where = (
+        "the production model"
+        if project.get("model") == production_model
+        else f"a branch model; the production model is {production_model}"
+    )
+    flag = ", --production" if project.get("production") else ""
+    return f"{project['project']}  branch {project['branch']}{flag} ({where})"
 
 
 def _at_deploy(deploy: dict[str, Any]) -> str:

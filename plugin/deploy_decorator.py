@@ -6,6 +6,7 @@ extension), so heavy libraries (treelite, sklearn, onnx) are imported only when 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import sys
@@ -16,7 +17,9 @@ from metaflow.exception import MetaflowException
 
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.plugin.artifact_origin import producing_tasks
-from tritonflow.plugin.options import REMOTE_DECORATORS, DeployOptions, parse_options
+from tritonflow.plugin.options import DeployOptions, parse_options
+from tritonflow.plugin.project import ProjectBranch, current_branch
+from tritonflow.plugin.remote import check_repository_travels, metaflow_command, where_it_runs
 from tritonflow.plugin.source_identity import file_identity, run_git_info
 
 if TYPE_CHECKING:  # NOTE: imported when a task deploys (numpy), not in every Metaflow process
@@ -71,6 +74,8 @@ class DeployDecorator(StepDecorator):
         Dynamic batching delay in microseconds.
     triton_version : str, optional
         Target Triton release (YY.MM); decides the FIL config dialect. Default: the newest supported.
+    card : bool, default True
+        Attach the deployment card to the step (`python flow.py card view <step>`); False: no card.
 
     After the step the task has the artifacts `deployment_id` (str) and `deployment` (the record).
     """
@@ -90,18 +95,27 @@ class DeployDecorator(StepDecorator):
         "triton_version": None,
         "promote": "always",
         "labels": None,
+        "card": True,
     }
 
     def step_init(self, flow, graph, step_name, decorators, environment, flow_datastore, logger):
-        remote = next((d.name for d in decorators if d.name in REMOTE_DECORATORS), None)
+        remote = where_it_runs((d.name for d in decorators), metaflow_command())
         try:
-            self.options: DeployOptions = parse_options(
-                self.attributes, flow.name, graph[step_name].type == "join", remote
-            )
+            options = parse_options(self.attributes, flow.name, graph[step_name].type == "join", remote)
+            if remote:
+                check_repository_travels(self.attributes, decorators, remote)
+            # NOTE: @project's flow_init has run: off `prod`, the deploy goes to a model of its own
+            self.project: ProjectBranch | None = current_branch(options.name)
         except TritonflowError as exc:
             raise DeployException(f"step *{step_name}*: {exc}") from None
+        name = self.project.model if self.project else options.name
+        self.options: DeployOptions = dataclasses.replace(options, name=name)
         self.flow_datastore = flow_datastore
         self.flow_name = flow.name
+        if self.options.card:
+            from tritonflow.plugin.card import attach_card
+
+            attach_card(decorators, step_name)
 
     def runtime_init(self, flow, graph, package, run_id):
         self.run_id = str(run_id)
@@ -213,7 +227,14 @@ class DeployDecorator(StepDecorator):
         flow.deployment_id = record.deployment_id
         flow.deployment = record.to_dict()
         print(f"@deploy: published {record.deployment_id} to {record.repository}")
-        print(f"@deploy: {describe(record)}")
+        if self.project:
+            print(f"@deploy: {self.project.describe()}")
+        release = describe(record)
+        print(f"@deploy: {release}")
+        if opts.card:
+            from tritonflow.plugin.card import fill_card
+
+            fill_card(record, release)
 
     # -- what the record says about the run ----------------------------------------------------
     def _run_info(self, flow) -> dict[str, Any]:
@@ -245,6 +266,8 @@ class DeployDecorator(StepDecorator):
             "datastore": self.flow_datastore.TYPE,
             "datastore_root": self.flow_datastore.datastore_root,
         }
+        if self.project:
+            info["project"] = self.project.to_record()
         code_url = os.environ.get("METAFLOW_CODE_URL")
         if code_url:
             info["code_package"] = {"url": code_url, "sha": os.environ.get("METAFLOW_CODE_SHA")}

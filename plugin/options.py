@@ -21,7 +21,6 @@ from tritonflow.serving.triton_releases import NEWEST_TRITON, parse_triton_versi
 
 FORMATS = ("auto", "treelite", "onnx")
 INSTANCE_KINDS = ("cpu", "gpu")
-REMOTE_DECORATORS = ("kubernetes", "batch")
 _ARTIFACT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # promote="if_better:<metric>": sklearn.metrics names -> whether higher is better
 PROMOTE_METRICS = {
@@ -105,6 +104,7 @@ class DeployOptions:
     triton_version: str
     promote: PromoteRule = PromoteRule("always")
     labels: str | None = None
+    card: bool = True
 
 
 def kebab_case(flow_name: str) -> str:
@@ -116,7 +116,8 @@ def kebab_case(flow_name: str) -> str:
 def parse_options(
     attributes: dict[str, Any], flow_name: str, is_join: bool, remote: str | None = None
 ) -> DeployOptions:
-    """Check every attribute; `remote` names the remote-execution decorator on the step, if any.
+    """Check every attribute; `remote` names where the step runs if not here (plugin/remote.py:
+    "@kubernetes", "Argo Workflows").
 
     Every wrong attribute is reported at once (one line each), so one edit fixes them all.
     """
@@ -137,6 +138,7 @@ def parse_options(
         "triton_version": lambda: _triton_version(get("triton_version")),
         "promote": lambda: _promote(get("promote"), get("sample"), get("labels")),
         "labels": lambda: _artifact(get("labels"), "labels") if get("labels") else None,
+        "card": lambda: _flag(get("card"), "card", default=True),
     }
     values: dict[str, Any] = {}
     problems: list[str] = []
@@ -196,8 +198,9 @@ def _repository(value: Any, remote: str | None) -> str:
         raise OptionError(f"repository{origin}: {exc}") from None
     if remote and not repository.startswith("s3://"):
         raise OptionError(
-            f"this step runs on @{remote}, where the local repository {repository!r} would be lost: "
-            "use repository='s3://bucket/prefix' (or set TRITONFLOW_REPOSITORY)"
+            f"this step runs on {remote}, where the local repository {repository!r} would be lost: "
+            "use @deploy(repository='s3://bucket/prefix'), or pass TRITONFLOW_REPOSITORY to the step "
+            "with @environment(vars=...)"
         )
     return repository
 
@@ -220,6 +223,18 @@ def _choice(value: Any, attribute: str, choices: tuple[str, ...]) -> str:
     if str(value) not in choices:
         raise OptionError(f"{attribute}={value!r} is not one of {', '.join(map(repr, choices))}")
     return str(value)
+
+
+def _flag(value: Any, attribute: str, default: bool) -> bool:
+    """A bool from the decorator call, or "true"/"false" from `--with deploy:card=false`."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text not in ("true", "false"):
+        raise OptionError(f"{attribute}={value!r} must be True or False")
+    return text == "true"
 
 
 def _integer(value: Any, attribute: str, default: int, minimum: int) -> int:

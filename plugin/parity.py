@@ -11,7 +11,11 @@ The export is loaded exactly as the serving node loads a version (config from `c
 
 from __future__ import annotations
 
+import os
+import platform
+import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +24,12 @@ import numpy as np
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.plugin.exporters import config_spec
 from tritonflow.plugin.exporters.base import Export, library_errors
-from tritonflow.serving.backends import load_backend
+from tritonflow.serving.backends import Backend, load_backend
 from tritonflow.serving.model_config import build_config
 
 TOLERANCE = 1e-5
+LATENCY_ROWS = (1, 1000)  # batch sizes whose engine latency the deployment card shows
+LATENCY_REPEATS = 7
 HINTS = {
     "treelite": 'Treelite may not capture everything this model does: try format="onnx"',
     "onnx": (
@@ -44,7 +50,8 @@ class ParityError(TritonflowError):
 def check_parity(export: Export, rows: np.ndarray, tolerance: float = TOLERANCE) -> dict[str, Any]:
     """Serve `rows` through the export and the native model; raise ParityError past `tolerance`.
 
-    Returns the report kept in the deployment record: rows, max_abs_diff, tolerance, rule, engine.
+    Returns the report kept in the deployment record: rows, max_abs_diff, tolerance, rule, engine,
+    and the engine's latency on this machine (`measure_latency`), timed while the export is loaded.
     """
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     config = build_config(config_spec(export, name="parity"))
@@ -55,6 +62,7 @@ def check_parity(export: Export, rows: np.ndarray, tolerance: float = TOLERANCE)
             backend = load_backend(Path(folder), config, engine="auto")
             try:
                 served = backend.predict({export.inputs[0].name: rows})[export.outputs[0].name]
+                latency = measure_latency(backend, export.inputs[0].name, rows)
             finally:
                 backend.unload()
         native = np.asarray(export.native_predict(rows), dtype=np.float64)
@@ -85,4 +93,26 @@ def check_parity(export: Export, rows: np.ndarray, tolerance: float = TOLERANCE)
         "tolerance": tolerance,
         "rule": rule,
         "engine": backend.engine,
+        "latency": latency,
+    }
+
+
+def measure_latency(backend: Backend, input_name: str, rows: np.ndarray) -> dict[str, Any]:
+    """Median time of `backend.predict` on LATENCY_ROWS rows (the sample repeated), after a warm-up
+    call: what the engine alone costs on the machine that deployed (no HTTP, no batching)."""
+    median_ms = {}
+    for n in LATENCY_ROWS:
+        batch = np.ascontiguousarray(np.resize(rows, (n, rows.shape[1])))
+        backend.predict({input_name: batch})
+        times = []
+        for _ in range(LATENCY_REPEATS):
+            start = time.perf_counter()
+            backend.predict({input_name: batch})
+            times.append(time.perf_counter() - start)
+        median_ms[str(n)] = statistics.median(times) * 1e3
+    return {
+        "median_ms": median_ms,
+        "repeats": LATENCY_REPEATS,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
     }

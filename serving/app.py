@@ -25,6 +25,7 @@ from tritonflow.lineage.store.local import LocalStore
 from tritonflow.serving import grpc_server
 from tritonflow.serving.access import Access, Restriction
 from tritonflow.serving.batcher import Traffic
+from tritonflow.serving.branches import BranchFilter
 from tritonflow.serving.capture import Capture, CaptureSettings
 from tritonflow.serving.connections import DEFAULT_SHUTDOWN_TIMEOUT
 from tritonflow.serving.dataplane import DataPlane
@@ -63,6 +64,7 @@ class Settings:
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT  # seconds gRPC calls in flight get to finish
     grpc_tls: grpc_server.TLS | None = None  # PEM key, certificate chain, client CAs
     capture: CaptureSettings | None = None  # --capture: what was asked and answered, kept as Parquet
+    branch: str | None = None  # --branch: only the models @deploy published from this @project branch
 
 
 def default_cache_dir() -> Path:
@@ -93,7 +95,8 @@ class App:
         )
         limits = (settings.max_request_bytes, traffic, settings.max_inflight_bytes, settings.metrics_port)
         self.router = Router(self.plane, *limits)
-        self.watcher = Watcher(self.registry, settings.poll_interval)
+        branches = BranchFilter(settings.branch) if settings.branch else None
+        self.watcher = Watcher(self.registry, settings.poll_interval, branches)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -183,12 +186,20 @@ class App:
     async def _load_named(self, names: tuple[str, ...]) -> None:
         """Mode explicit: only the --load-model models (all for "*"); one that fails is logged."""
         if "*" in names:
-            names = tuple(await asyncio.to_thread(self.registry.repository.models))
+            names = tuple(await asyncio.to_thread(self._every_model))
         for name in names:
             try:
                 await self.registry.load(name, requested=True)
             except TritonflowError as exc:
                 log.error("--load-model %s: %s", name, exc)
+
+    def _every_model(self) -> list[str]:
+        """`--load-model '*'`: every model, or with --branch those of that branch."""
+        repository, branches = self.registry.repository, self.watcher.branches
+        names = repository.models()
+        if branches is None:
+            return names
+        return [n for n in names if branches.keeps(repository, n, tuple(repository.versions(n)))]
 
 
 def create_app(settings: Settings, grpc_sockets: Sequence[socket.socket] = ()) -> App:

@@ -127,6 +127,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "request has HEADER=VALUE, like Triton's --http-restricted-api (repeatable)",
     )
     parser.add_argument(
+        "--branch",
+        metavar="BRANCH",
+        help="serve only the models @deploy published from this @project branch (`prod`: production's, "
+        "and those deployed without @project); default: every model",
+    )
+    parser.add_argument(
         "--strict-readiness",
         type=_boolean,
         default=True,
@@ -435,6 +441,7 @@ def main(args: argparse.Namespace) -> int:
         shutdown_timeout=args.shutdown_timeout,
         grpc_tls=_grpc_tls(args.tls_cert, args.tls_key, args.tls_ca) if tls else None,
         capture=_capture_settings(args),
+        branch=args.branch,
     )
     # NOTE: last checks, so no error leaves a port bound; gRPC binds its port itself, held till then
     http = listen(args.host, args.http_port, BACKLOG) if args.http_port else []

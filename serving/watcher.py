@@ -17,10 +17,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from tritonflow.lineage import layout
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.repository import ModelRepository
+from tritonflow.serving.branches import BranchFilter
 from tritonflow.serving.loading import Token, files_token
 from tritonflow.serving.registry import Registry
 
@@ -32,9 +34,15 @@ State = dict[str, tuple[str | None, tuple[int, ...]]]
 Refused = dict[str, dict[int, Token | None]]
 
 
-def scan(repository: ModelRepository, seen: State, refused: Refused) -> tuple[State, dict[str, list[int]]]:
+def scan(
+    repository: ModelRepository,
+    seen: State,
+    refused: Refused,
+    keeps: Callable[[str, tuple[int, ...]], bool] | None = None,
+) -> tuple[State, dict[str, list[int]]]:
     """Cheap listing of the repository (blocking), and the refused versions whose folder changed.
-    A version seen published stays published, so only new folders are checked for their record."""
+    A version seen published stays published, so only new folders are checked for their record.
+    `keeps(model, published versions)` False: the node does not serve that model (--branch)."""
     found: State = {}
     for name, entries in repository.model_folders().items():
         known = set(seen[name][1]) if name in seen else set()
@@ -43,6 +51,8 @@ def scan(repository: ModelRepository, seen: State, refused: Refused) -> tuple[St
             for v in layout.version_numbers(entries)
             if v in known or repository.store.fingerprint(layout.record_key(name, v)) is not None
         )
+        if keeps is not None and not keeps(name, published):
+            continue
         # NOTE: the files beside config.pbtxt (its labels files) are part of it: a change to one is a change
         beside = [e for e in entries if not e.startswith(".") and layout.parse_version(e) is None]
         config = ",".join(f"{e}:{repository.store.fingerprint(f'{name}/{e}')}" for e in beside)
@@ -65,9 +75,10 @@ def scan(repository: ModelRepository, seen: State, refused: Refused) -> tuple[St
 
 
 class Watcher:
-    def __init__(self, registry: Registry, interval: float) -> None:
+    def __init__(self, registry: Registry, interval: float, branches: BranchFilter | None = None) -> None:
         self.registry = registry
         self.interval = interval
+        self.branches = branches
         self._seen: State = {}
         self._doubted: dict[str, tuple[str | None, tuple[int, ...]] | None] = {}  # removals seen once
         self._task: asyncio.Task[None] | None = None
@@ -82,7 +93,9 @@ class Watcher:
             for name, model in self.registry.models.items()
             if model.refused
         }
-        found, retry = await asyncio.to_thread(scan, repository, self._seen, refused)
+        branches = self.branches
+        keeps = None if branches is None else lambda name, v: branches.keeps(repository, name, v)
+        found, retry = await asyncio.to_thread(scan, repository, self._seen, refused, keeps)
         self._confirm_removals(found, repository.uri)
         for name in self.registry.models.keys() - found.keys():
             log.warning("unloading %s: it left %s", name, repository.uri)

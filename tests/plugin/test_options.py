@@ -68,8 +68,8 @@ def test_select_needs_a_join():
 
 def test_remote_steps_need_s3():
     with pytest.raises(TritonflowError, match="@kubernetes"):
-        parse_options({"repository": "./model_repository"}, "F", is_join=False, remote="kubernetes")
-    assert parse_options({"repository": "s3://b/p"}, "F", False, remote="batch").repository == "s3://b/p"
+        parse_options({"repository": "./model_repository"}, "F", is_join=False, remote="@kubernetes")
+    assert parse_options({"repository": "s3://b/p"}, "F", False, remote="@batch").repository == "s3://b/p"
 
 
 def test_kebab_case():
