@@ -32,10 +32,10 @@ import queue
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from time import perf_counter_ns, sleep
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -127,6 +127,16 @@ def _precise_timeouts() -> None:
     if sys.platform == "linux":
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None).prctl(_PR_SET_TIMERSLACK, 1000, 0, 0, 0)
+
+
+class Runner(Protocol):
+    """What runs a loaded version's requests: a Batcher over its engine, or an ensemble's steps."""
+
+    def submit(self, inputs: Tensors, rows: int) -> Awaitable[tuple[Tensors, Execution]]: ...
+
+    def close(self, then: Callable[[], None]) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
 
 
 class Batcher:

@@ -4,6 +4,8 @@ Decoded once at the edge: past this module the server sees ndarrays, never JSON 
 A binary request is `<JSON header><tensor bytes>...`, the header's length given by the HTTP
 header `Inference-Header-Content-Length`, each binary input sized by `binary_data_size`; the
 response mirrors it for outputs asked for in binary (`binary_data`, `binary_data_output`).
+BYTES tensors are a JSON string per element, or Triton's raw form (each element after its length,
+4 bytes little-endian) in binary and in shared memory; inputs must be UTF-8 text.
 """
 
 from __future__ import annotations
@@ -18,8 +20,14 @@ import numpy as np
 import orjson
 
 from tritonflow.serving import strict_json
-from tritonflow.serving.datatypes import BYTES, DATATYPE, NUMPY
-from tritonflow.serving.errors import MalformedRequest, MissingField, Unsupported, UnsupportedEncoding
+from tritonflow.serving.datatypes import BYTES, DATATYPE, TENSOR
+from tritonflow.serving.errors import (
+    BadTensorData,
+    MalformedRequest,
+    MissingField,
+    Unsupported,
+    UnsupportedEncoding,
+)
 
 # Content-Encoding -> zlib wbits ("deflate" is the zlib format, as tritonclient sends it).
 ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -56,7 +64,7 @@ class InferRequest:
 @dataclass(slots=True)
 class InferResponse:
     id: str | None
-    stamp: dict[str, str]  # model_name, model_version, deployment_id
+    stamp: dict[str, str]  # model_name, model_version, deployment_id (and an ensemble's tritonflow_steps)
     outputs: dict[str, np.ndarray]
 
 
@@ -78,6 +86,14 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
 
 # Reads an input tensor out of a shared memory region: SharedMemory.read(region, datatype, shape).
 ReadRegion = Callable[[Region, str, list[int]], np.ndarray]
+
+
+def read_region(read: ReadRegion, name: str, region: Region, datatype: str, shape: list[int]) -> np.ndarray:
+    """Input `name` out of its shared memory region; BYTES as Triton lays them out (the region's
+    window holds the length-prefixed elements, so its byte size is theirs)."""
+    if datatype != "BYTES":
+        return read(region, datatype, shape)
+    return deserialize_bytes(name, read(region, "UINT8", [region.byte_size]).tobytes(), shape)
 
 
 def decode_request(body: bytes, header_length: int | None, read: ReadRegion | None = None) -> InferRequest:
@@ -129,10 +145,10 @@ def _decode_input(
     if not isinstance(name, str):
         raise MissingField(f"inputs[{i}].name", "a string")
     datatype = spec.get("datatype")
-    dtype = NUMPY.get(datatype) if isinstance(datatype, str) else None
+    dtype = TENSOR.get(datatype) if isinstance(datatype, str) else None
     if dtype is None:
         raise MalformedRequest(
-            f"input {name!r}: datatype {datatype!r} is not served: expected one of {', '.join(NUMPY)}"
+            f"input {name!r}: datatype {datatype!r} is not served: expected one of {', '.join(TENSOR)}"
         )
     shape = spec.get("shape")
     if (
@@ -147,13 +163,21 @@ def _decode_input(
             raise Unsupported("shared memory")
         if "data" in spec or "binary_data_size" in parameters:
             raise MalformedRequest(f"input {name!r} has data and a shared memory region: give one")
-        return name, read(shared_memory_region(f"input {name!r}", parameters), DATATYPE[dtype], shape), offset
+        region = shared_memory_region(f"input {name!r}", parameters)
+        return name, read_region(read, name, region, DATATYPE[dtype], shape), offset
     count = math.prod(shape)
     size = parameters.get("binary_data_size")
     if size is not None:
-        expected = count * dtype.itemsize
         if "data" in spec:
             raise MalformedRequest(f"input {name!r} has both data and binary_data_size: give one")
+        if dtype == BYTES:
+            if type(size) is not int or not 0 <= size <= len(binary) - offset:
+                raise MalformedRequest(
+                    f"input {name!r}: binary_data_size is {size!r}, but {len(binary) - offset} bytes of "
+                    f"binary data are left at offset {offset}"
+                )
+            return name, deserialize_bytes(name, binary[offset : offset + size], shape), offset + size
+        expected = count * dtype.itemsize
         if type(size) is not int or size != expected:
             raise MalformedRequest(
                 f"input {name!r}: binary_data_size is {size!r}, but shape {shape} of {datatype} "
@@ -172,7 +196,7 @@ def _decode_input(
     data = spec.get("data")
     if data is None:
         raise MissingField(f"input {name!r} data", "'data' (flat or nested) or parameters.binary_data_size")
-    array = strict_json.to_array(name, datatype, data)
+    array = strings_from_json(name, data) if dtype == BYTES else strict_json.to_array(name, datatype, data)
     if array.size != count:
         raise MalformedRequest(f"input {name!r}: data has {array.size} values, shape {shape} takes {count}")
     return name, array.reshape(shape), offset
@@ -237,6 +261,69 @@ def _flag(parameters: dict[str, Any], key: str) -> bool:
     return value
 
 
+def deserialize_bytes(name: str, raw: bytes | memoryview, shape: list[int]) -> np.ndarray:
+    """A BYTES input from Triton's raw form (each element after its length, 4 bytes little-endian),
+    every element UTF-8 text; any framing or text error names the input and the element."""
+    count, view, at = math.prod(shape), memoryview(raw), 0
+    items: list[bytes] = []
+    for i in range(count):
+        if len(view) - at < 4:
+            raise MalformedRequest(
+                f"input {name!r}: BYTES element {i} needs a 4-byte length at byte {at}, but "
+                f"{len(view) - at} bytes are left (shape {shape} takes {count} elements)"
+            )
+        length = int.from_bytes(view[at : at + 4], "little")
+        at += 4
+        if length > len(view) - at:
+            raise MalformedRequest(
+                f"input {name!r}: BYTES element {i} is {length} bytes long at byte {at}, but only "
+                f"{len(view) - at} bytes are left"
+            )
+        items.append(bytes(view[at : at + length]))
+        at += length
+    if at != len(view):
+        raise MalformedRequest(
+            f"input {name!r}: {len(view) - at} bytes follow the last of its {count} BYTES elements "
+            f"(shape {shape})"
+        )
+    return text_array(name, items).reshape(shape)
+
+
+def text_array(name: str, items: list[bytes]) -> np.ndarray:
+    """A flat BYTES array of `items`, once each is UTF-8 text (the engines of the node take strings)."""
+    for i, item in enumerate(items):
+        try:
+            item.decode()
+        except UnicodeDecodeError as exc:
+            raise BadTensorData(
+                name,
+                "BYTES",
+                f"element {i} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                "send UTF-8 strings",
+            ) from None
+    array = np.empty(len(items), BYTES)
+    array[:] = items
+    return array
+
+
+def strings_from_json(name: str, data: Any) -> np.ndarray:
+    """A BYTES input's JSON `data`: strings (flat or nested), as Triton takes them; nothing else."""
+    if type(data) is not list:
+        raise BadTensorData(name, "BYTES", f"data is {type(data).__name__}", "send a list of strings")
+    values = data
+    while values and all(type(v) is list for v in values):
+        values = [leaf for v in values for leaf in v]
+    for i, value in enumerate(values):
+        if type(value) is not str:
+            shown = "a list" if type(value) is list else orjson.dumps(value).decode()[:40]
+            raise BadTensorData(
+                name, "BYTES", f"value {i} is {shown}", "send strings (flat, or nested evenly as the shape)"
+            )
+    array = np.empty(len(values), BYTES)
+    array[:] = [v.encode() for v in values]
+    return array
+
+
 def serialize_bytes(array: np.ndarray) -> bytes:
     """A BYTES tensor's raw form, as Triton's wire carries it: each element, in row-major order,
     after its length as 4 little-endian bytes."""
@@ -247,6 +334,11 @@ def tensor_bytes(array: np.ndarray) -> bytes:
     """An output's raw bytes, as every transport sends them (HTTP binary, gRPC raw_output_contents,
     a shared memory region): BYTES serialized, any other datatype as its array's memory."""
     return serialize_bytes(array) if array.dtype == BYTES else array.tobytes()
+
+
+def response_parameters(stamp: dict[str, str]) -> dict[str, str]:
+    """The response parameters of a stamp: deployment_id, and an ensemble's tritonflow_steps."""
+    return {k: v for k, v in stamp.items() if k not in ("model_name", "model_version")}
 
 
 def encode_response(response: InferResponse, request: InferRequest) -> tuple[bytes, int | None]:
@@ -272,7 +364,7 @@ def encode_response(response: InferResponse, request: InferRequest) -> tuple[byt
     body: dict[str, Any] = {"model_name": stamp["model_name"], "model_version": stamp["model_version"]}
     if response.id is not None:
         body["id"] = response.id
-    body["parameters"] = {"deployment_id": stamp["deployment_id"]}
+    body["parameters"] = response_parameters(stamp)
     body["outputs"] = outputs
     header = orjson.dumps(body)
     if not chunks:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-# Triton protocol datatype -> numpy dtype, for inputs and outputs. BYTES is not among them: no input takes it.
+# Triton protocol datatype -> numpy dtype, the numeric ones: fixed-size elements, JSON numbers.
 NUMPY: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype(np.uint8),
@@ -19,16 +19,19 @@ NUMPY: dict[str, np.dtype] = {
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
 }
-# Outputs only: the classification extension answers BYTES, an object array of one bytes per element.
+# BYTES (TYPE_STRING): an object array of one `bytes` per element, inside the node as on Triton's
+# wire. Inputs are text: the edge checks that every element is UTF-8 (the engines take strings).
 BYTES = np.dtype(object)
+# Every datatype a tensor can have, inputs and outputs.
+TENSOR: dict[str, np.dtype] = {**NUMPY, "BYTES": BYTES}
 DATATYPE: dict[np.dtype, str] = {**{dtype: name for name, dtype in NUMPY.items()}, BYTES: "BYTES"}
 
 
 def from_config(config_type: str) -> str:
-    """TYPE_FP32 -> FP32 (model config enum name to protocol datatype)."""
-    return config_type.removeprefix("TYPE_")
+    """TYPE_FP32 -> FP32 (model config enum name to protocol datatype; TYPE_STRING -> BYTES)."""
+    return "BYTES" if config_type == "TYPE_STRING" else config_type.removeprefix("TYPE_")
 
 
 def to_config(datatype: str) -> str:
-    """FP32 -> TYPE_FP32."""
-    return f"TYPE_{datatype}"
+    """FP32 -> TYPE_FP32; BYTES -> TYPE_STRING."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"

@@ -20,10 +20,14 @@ from tritonflow.serving.codec import (
     ReadRegion,
     RequestedOutput,
     class_count,
+    deserialize_bytes,
+    read_region,
+    response_parameters,
     shared_memory_region,
     tensor_bytes,
+    text_array,
 )
-from tritonflow.serving.datatypes import DATATYPE, NUMPY
+from tritonflow.serving.datatypes import BYTES, DATATYPE, TENSOR
 from tritonflow.serving.errors import MalformedRequest
 
 # Datatype -> the InferTensorContents field that holds it typed (FP16 has none: raw contents only).
@@ -39,6 +43,7 @@ CONTENTS = {
     "UINT64": "uint64_contents",
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 
 
@@ -70,10 +75,10 @@ def _input(
     tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, read: ReadRegion | None
 ) -> np.ndarray:
     name, datatype = tensor.name, tensor.datatype
-    dtype = NUMPY.get(datatype)
+    dtype = TENSOR.get(datatype)
     if dtype is None:
         raise MalformedRequest(
-            f"input {name!r}: datatype {datatype!r} is not served: expected one of {', '.join(NUMPY)}"
+            f"input {name!r}: datatype {datatype!r} is not served: expected one of {', '.join(TENSOR)}"
         )
     shape = list(tensor.shape)
     if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
@@ -83,7 +88,8 @@ def _input(
             raise MalformedRequest(f"input {name!r}: this node has no shared memory regions to read from")
         if raw is not None or tensor.HasField("contents"):
             raise MalformedRequest(f"input {name!r} has data and a shared memory region: give one")
-        return read(shared_memory_region(f"input {name!r}", _values(tensor.parameters)), datatype, shape)
+        region = shared_memory_region(f"input {name!r}", _values(tensor.parameters))
+        return read_region(read, name, region, datatype, shape)
     count = math.prod(shape)
     typed = tensor.HasField("contents")
     if raw is not None:
@@ -91,6 +97,8 @@ def _input(
             raise MalformedRequest(
                 f"contents field must not be specified when using raw_input_contents for {name!r}: give one"
             )
+        if dtype == BYTES:
+            return deserialize_bytes(name, raw, shape)
         expected = count * dtype.itemsize
         if len(raw) != expected:
             raise MalformedRequest(
@@ -113,6 +121,8 @@ def _input(
         raise MalformedRequest(
             f"input {name!r}: contents has {len(values)} values, shape {shape} takes {count}"
         )
+    if dtype == BYTES:
+        return text_array(name, list(values)).reshape(shape)
     return np.asarray(values, dtype).reshape(shape)
 
 
@@ -139,7 +149,8 @@ def encode_response(response: InferResponse, request: InferRequest) -> pb.ModelI
     message = pb.ModelInferResponse(
         model_name=stamp["model_name"], model_version=stamp["model_version"], id=response.id or ""
     )
-    message.parameters["deployment_id"].string_param = stamp["deployment_id"]
+    for key, value in response_parameters(stamp).items():
+        message.parameters[key].string_param = value
     wanted = request.outputs
     for name, array in response.outputs.items():
         tensor = message.outputs.add(name=name, datatype=DATATYPE[array.dtype], shape=array.shape)

@@ -30,8 +30,9 @@ class Incomplete(IntegrityError):
     so the version is tried again on later polls."""
 
 
-def check_record(record: DeploymentRecord, model: str, version: int) -> None:
-    """The record must be the record of this folder: same model, same version, its own ID."""
+def check_record(record: DeploymentRecord, model: str, version: int, has_files: bool = True) -> None:
+    """The record must be the record of this folder: same model, same version, its own ID, and
+    (`has_files`; an ensemble's folder holds none) the files it vouches for."""
     try:
         did = record.id
     except InvalidDeploymentId as exc:
@@ -44,7 +45,7 @@ def check_record(record: DeploymentRecord, model: str, version: int) -> None:
             f"the deployment.json in {model}/{version} is not the record of {model}:{version} "
             f"({', '.join(wrong)}): a record copied from another version; republish the version"
         )
-    if not record.files:
+    if has_files and not record.files:
         raise IntegrityError(f"the record of {record.deployment_id} lists no files: republish the version")
 
 

@@ -4,7 +4,8 @@ The schema is Triton's protobuf (`tritonclient.grpc.model_config_pb2`), so unkno
 enums and wrong types are caught exactly as Triton catches them. The FIL backend adds rules the
 schema cannot express (string booleans, required and removed parameters, output dims); a
 config that breaks them loads in Triton yet silently misbehaves, so they are errors here too.
-The labels files a config names (serving/labels.py) are checked where the model folder can be read.
+The labels files a config names (serving/labels.py) are checked where the model folder can be read;
+an ensemble's steps and tensor graph by serving/ensemble_config.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.layout import LABEL_FILE
 from tritonflow.serving import datatypes
+from tritonflow.serving.ensemble_config import ENSEMBLE_PLATFORM, ensemble_problems
 from tritonflow.serving.labels import ReadFile, label_problems
 
 ModelConfig: TypeAlias = pb.ModelConfig
@@ -239,7 +241,11 @@ def problems(
     runtime = config.backend or config.platform
     if not runtime:
         found.append(Problem(None, 'no backend: add backend: "fil" or backend: "onnxruntime"'))
-    if config.backend == "fil":
+    if config.platform == ENSEMBLE_PLATFORM:
+        found += [
+            Problem(fragment and line(fragment), message) for fragment, message in ensemble_problems(config)
+        ]
+    elif config.backend == "fil":
         found += _fil_problems(config, line)
     elif config.backend == "onnxruntime" or config.platform == ONNX_PLATFORM:
         found += _tensor_problems(config, line)
@@ -268,8 +274,6 @@ def _tensor_problems(config: ModelConfig, line: _LineFinder) -> list[Problem]:
     for t in [*config.input, *config.output]:
         if t.data_type == pb.TYPE_INVALID:
             found.append(Problem(line(f'"{t.name}"'), f"tensor {t.name!r} has no data_type"))
-        if t.data_type == pb.TYPE_STRING:
-            found.append(Problem(line(f'"{t.name}"'), f"tensor {t.name!r}: TYPE_STRING is not served"))
     return found
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from tritonflow.lineage.records import DeploymentRecord
 from tritonflow.serving import datatypes
 from tritonflow.serving.backends import Backend
-from tritonflow.serving.batcher import Batcher, BatchPolicy, Traffic
+from tritonflow.serving.batcher import Batcher, BatchPolicy, Runner, Traffic
 from tritonflow.serving.metrics import VersionStats
 from tritonflow.serving.model_config import ModelConfig, signature
 
@@ -31,7 +31,7 @@ class Tensor(NamedTuple):
 def _tensors(specs: list[dict[str, Any]]) -> dict[str, Tensor]:
     """The inputs or outputs of a config's `signature`, by name."""
     return {
-        t["name"]: Tensor(t["name"], t["datatype"], datatypes.NUMPY[t["datatype"]], tuple(t["dims"]))
+        t["name"]: Tensor(t["name"], t["datatype"], datatypes.TENSOR[t["datatype"]], tuple(t["dims"]))
         for t in specs
     }
 
@@ -78,16 +78,14 @@ class ModelVersion:
         self.labels = labels or {}  # output -> its labels file's lines: column i's label is line i
         self.max_batch_size = config.max_batch_size
         self.stats = VersionStats()
-        self.batcher = Batcher(
-            self.label,
-            backend.predict,
-            BatchPolicy.from_config(config),
-            self.stats.record_execution,
-            traffic,
-            loop,
-        )
+        self.batcher = self._runner(traffic, loop)
         self.inflight = 0
         self.retired = False
+
+    def _runner(self, traffic: Traffic, loop: asyncio.AbstractEventLoop) -> Runner:
+        """What runs this version's requests: its engine's batcher (an ensemble runs its steps)."""
+        policy = BatchPolicy.from_config(self.config)
+        return Batcher(self.label, self.backend.predict, policy, self.stats.record_execution, traffic, loop)
 
     def acquire(self) -> None:
         self.inflight += 1

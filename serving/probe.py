@@ -167,17 +167,19 @@ def sample_inputs(config: ModelConfig) -> dict[str, np.ndarray]:
     batch = (min(SAMPLE_ROWS, config.max_batch_size),) if config.max_batch_size > 0 else ()
     inputs = {}
     for tensor in signature(config)["inputs"]:
-        dtype = datatypes.NUMPY.get(tensor["datatype"])
+        dtype = datatypes.TENSOR.get(tensor["datatype"])
         if dtype is None:
             raise ProbeFailed(
                 f"input {tensor['name']!r} has datatype {tensor['datatype']}, which is not served: "
-                f"use one of {', '.join(datatypes.NUMPY)} in config.pbtxt",
+                f"use one of {', '.join(datatypes.TENSOR)} in config.pbtxt",
                 "refused",
             )
         shape = (*batch, *(1 if d < 0 else d for d in tensor["dims"]))
         size = int(np.prod(shape))
         values: np.ndarray
-        if dtype.kind == "f":
+        if dtype == datatypes.BYTES:  # NOTE: short texts, as a string column holds
+            values = np.array([str(i % 5).encode() for i in range(size)], object)
+        elif dtype.kind == "f":
             values = np.linspace(-1.0, 1.0, size)
         else:  # NOTE: small non-negative integers fit every integer type, and % 2 gives both booleans
             values = np.arange(size) % (2 if dtype.kind == "b" else 5)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tritonflow.lineage import layout
 from tritonflow.lineage.errors import NotFound, TritonflowError
@@ -24,6 +26,8 @@ from tritonflow.lineage.releases import ReleaseState, read_state
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.serving.batcher import Traffic
 from tritonflow.serving.capture import Capture
+from tritonflow.serving.ensemble import load_ensemble, rebound
+from tritonflow.serving.ensemble_config import is_ensemble, step_models
 from tritonflow.serving.errors import InvalidVersion, LoadFailed, ModelNotFound
 from tritonflow.serving.labels import folder_reader, label_files, model_files, read_labels
 from tritonflow.serving.loading import Loader, Refusal, VersionRefused, refusal
@@ -61,6 +65,7 @@ class Model:
     refused: dict[int, Refusal] = field(default_factory=dict)
     loading: set[int] = field(default_factory=set)
     unloaded: bool = False  # by an unload request (mode explicit), until a load request
+    source: ModelRepository | None = None  # where it was last read from when not the repository (the mirror)
 
     def why_not(self, version: int) -> str:
         """Why a published version is not serving."""
@@ -192,7 +197,7 @@ class Registry:
                 if not model.published and not model.versions:  # never known: no entry left behind
                     self._drop(name)
                 raise
-            model.published = versions
+            model.published, model.source = versions, source
             self._follow(model, release)
             await self._apply(model, text, files, repository, set(retry))
             if requested and (model.config_error or not model.versions):
@@ -301,10 +306,14 @@ class Registry:
         model.config, model.refused = config, refused
         if fresh:  # only accepting a new text clears the error of a refused one
             model.config_error = None
-            self._mirror(lambda m: m.keep_config(model.name, text, files))
         for mv in set(loaded.values()) - set(serving.values()):
             mv.retire()
+        served = bool(model.versions)
         self._swap(model, serving)
+        # NOTE: after the swap, whose mirror follows a model serving nothing by dropping its config too
+        # (an ensemble refused until its steps served, then retried with the same text)
+        if serving and (fresh or not served) and model.config_error is None:
+            self._mirror(lambda m: m.keep_config(model.name, text, files))
 
     def _refuse(self, model: Model, version: int, found: Refusal) -> Refusal:
         """Count and log a refusal; a retry refused again for the same reason only at debug level."""
@@ -313,7 +322,9 @@ class Registry:
             log.debug("still refusing %s:%d: %s", model.name, version, found.reason)
             return found
         self.refusals[model.name, found.kind] += 1
-        if found.kind == "incomplete":
+        if found.kind == "steps":
+            log.warning("waiting for the steps of %s:%d: %s", model.name, version, found.reason)
+        elif found.kind == "incomplete":
             log.warning(
                 "waiting for %s:%d: %s; trying again when its files change", model.name, version, found.reason
             )
@@ -329,6 +340,12 @@ class Registry:
         config: ModelConfig,
         labels: dict[str, list[str]],
     ) -> ModelVersion:
+        if is_ensemble(config):
+            ensemble = await load_ensemble(repository, name, version, config, self.resolve, self.traffic)
+            # NOTE: its folder holds only the record: kept in the mirror, it serves while the store is down
+            cache, record = self.loader.settings.cache_dir, ensemble.record
+            self._mirror(lambda m: m.keep_version(name, version, Path(tempfile.mkdtemp(dir=cache)), record))
+            return ensemble
         record, backend = await asyncio.to_thread(self.loader.open, repository, name, version, config)
         try:
             mv = ModelVersion(
@@ -339,6 +356,26 @@ class Registry:
             raise
         log.info("loaded %s (%s) engine=%s", mv.label, record.deployment_id, backend.engine)
         return mv
+
+    def _rebind(self, step: str) -> None:
+        """After `step`'s swap: the ensembles that call it rebound to what serves now, and their
+        versions refused while a step did not serve tried again now (not at the next poll)."""
+        for ensemble in list(self.models.values()):
+            config = ensemble.config
+            if config is None or not is_ensemble(config) or step not in step_models(config):
+                continue
+            waiting = [v for v, r in ensemble.refused.items() if r.kind == "steps"]
+            if waiting:
+                asyncio.get_running_loop().create_task(self._retry(ensemble.name, waiting, ensemble.source))
+            serving = rebound(ensemble.versions, self.resolve, self.traffic)
+            if serving != ensemble.versions:
+                self._swap(ensemble, serving)
+
+    async def _retry(self, name: str, versions: list[int], source: ModelRepository | None) -> None:
+        try:
+            await self.load(name, retry=versions, source=source)
+        except Exception as exc:  # NOTE: the watcher's next poll tries again; a task must not fail unseen
+            log.warning("retrying %s after its step changed failed: %s", name, exc)
 
     def _follow(self, model: Model, release: ReleaseState | str | None) -> None:
         """Take the release log as read (a string: why it did not read; the last state read stays,
@@ -366,11 +403,16 @@ class Registry:
             mv.retire()
         if set(serving.values()) - set(old.values()):
             _settle_heap()
-        self._mirror(lambda m: m.follow(model.name, set(serving)))
+        # NOTE: an ensemble waiting for its steps keeps its copy: they may load from the mirror next
+        if serving or not any(r.kind == "steps" for r in model.refused.values()):
+            self._mirror(lambda m: m.follow(model.name, set(serving)))
+        if old != serving:
+            self._rebind(model.name)
 
     def _drop(self, name: str) -> None:
         model = self.models.pop(name, None)
         if model is not None:
+            model.refused = {}  # NOTE: gone, not waiting for steps: the mirror forgets it too
             self._swap(model, {})
 
     def _mirror(self, change: Callable[[Mirror], None]) -> None:

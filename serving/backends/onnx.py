@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -57,6 +58,9 @@ class OnnxBackend(Backend):
         self._feeds = {t.name: _fit(self.path, "input", t, model_inputs, batched) for t in config.input}
         self._fetches = {t.name: _fit(self.path, "output", t, model_outputs, batched) for t in config.output}
         self._output_names = list(self._fetches)
+        # NOTE: BYTES tensors are tensor(string) in the model: str objects in onnxruntime, bytes in the node
+        self._text_inputs = {t.name for t in config.input if t.data_type == pb.TYPE_STRING}
+        self._text_outputs = {t.name for t in config.output if t.data_type == pb.TYPE_STRING}
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
@@ -64,20 +68,32 @@ class OnnxBackend(Backend):
                 name: inputs[name] if shape is None else inputs[name].reshape(shape)
                 for name, shape in self._feeds.items()
             }
+            for name in self._text_inputs:
+                feed[name] = _map(feed[name], bytes.decode)  # NOTE: UTF-8, checked at the edge
         except KeyError as exc:
             raise BackendError(f"missing input {exc.args[0]!r}") from None
         try:
             results = self._session.run(self._output_names, feed)
         except InvalidArgument as exc:  # a batch of the wrong type or shape
             raise BackendError(f"onnxruntime refused the batch for {self.path.name}: {exc}") from None
-        return {
+        outputs = {
             name: value if shape is None else value.reshape(shape)
             for (name, shape), value in zip(self._fetches.items(), results, strict=True)
         }
+        for name in self._text_outputs:
+            outputs[name] = _map(outputs[name], str.encode)
+        return outputs
 
     def unload(self) -> None:
         # NOTE: the session owns the model's memory (GPU memory with CUDA); dropping it frees that.
         del self._session
+
+
+def _map(array: np.ndarray, convert: Callable[[Any], Any]) -> np.ndarray:
+    """An object array with `convert` applied to each element, same shape."""
+    converted = np.empty(array.shape, object)
+    converted.ravel()[:] = [convert(item) for item in array.ravel().tolist()]
+    return converted
 
 
 def _session_options(config: ModelConfig) -> ort.SessionOptions:
@@ -138,6 +154,8 @@ def _agree(model_dim: int | str | None, config_dim: int) -> bool:
 def _datatype(onnx_type: str) -> str | None:
     """tensor(float) -> FP32, through the one datatype table."""
     name = onnx_type.removeprefix("tensor(").removesuffix(")")
+    if name == "string":
+        return "BYTES"
     try:
         dtype = np.dtype({"float": "float32", "double": "float64"}.get(name, name))
     except TypeError:
