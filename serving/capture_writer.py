@@ -36,7 +36,8 @@ from tritonflow.serving.model_version import Tensor
 log = logging.getLogger("tritonflow.serving")
 
 METADATA = "tritonflow.capture"  # the key of SCHEMA; the keys below start with it too
-TICK_S = 0.25  # how often the writer turns queued entries into tables: short GIL holds (~5 ms at 3k req/s)
+TICK_S = 0.25  # how often the writer turns queued entries into tables
+CHUNK = 256  # entries made one table between two GIL switches (~1 ms; 64: a third less throughput)
 
 
 @dataclass
@@ -94,28 +95,35 @@ class Writer:
                 return
 
     def _gather(self) -> None:
-        """The entries queued since the last tick, into their partitions' buffers as tables."""
+        """The entries queued since the last tick, into their partitions' buffers as tables, CHUNK
+        entries at a time with the GIL let go in between: the loop then waits for one chunk at
+        most, not for the whole tick's work (which tripled p99 at 64 connections)."""
         now = time.monotonic()
         new: dict[tuple[str, str], list[Entry]] = {}
-        for entry in self.capture.take():
-            hour = layout.hour_of(datetime.fromtimestamp(entry.time_us / 1e6, UTC))
-            new.setdefault((entry.partition.deployment_id, hour), []).append(entry)
+        taken = self.capture.take()
+        for start in range(0, len(taken), CHUNK):
+            chunk = taken[start : start + CHUNK]
+            for hour, entries in _by_hour(chunk):
+                for entry in entries:
+                    new.setdefault((entry.partition.deployment_id, hour), []).append(entry)
         for key, entries in new.items():
-            rows = sum(e.rows for e in entries)
-            try:
-                built = table(entries)
-            except (
-                pa.ArrowException,
-                ValueError,
-            ) as exc:  # NOTE: never the thread's end: later rows still count
-                self.capture.dropped(rows)
-                log.error("capture: %d rows of %s dropped, not convertible to Arrow: %s", rows, key[0], exc)
-                continue
-            buffer = self._buffers.get(key)
-            if buffer is None:
-                buffer = self._buffers[key] = _Buffer(entries[0].partition, now)
-            buffer.tables.append(built)
-            buffer.rows += rows
+            for start in range(0, len(entries), CHUNK):
+                self._buffer(key, entries[start : start + CHUNK], now)
+                time.sleep(0)  # NOTE: a GIL switch: requests waiting on the loop go first
+
+    def _buffer(self, key: tuple[str, str], entries: list[Entry], now: float) -> None:
+        rows = sum(e.rows for e in entries)
+        try:
+            built = table(entries)
+        except (pa.ArrowException, ValueError) as exc:  # NOTE: never the thread's end: later rows still count
+            self.capture.dropped(rows)
+            log.error("capture: %d rows of %s dropped, not convertible to Arrow: %s", rows, key[0], exc)
+            return
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = _Buffer(entries[0].partition, now)
+        buffer.tables.append(built)
+        buffer.rows += rows
 
     def _flush(self, key: tuple[str, str], buffer: _Buffer) -> None:
         """Write the buffer as files of at most --capture-file-rows rows; what fails stays buffered."""
@@ -151,6 +159,22 @@ class Writer:
             exc,
             rows,
         )
+
+
+def _by_hour(entries: list[Entry]) -> list[tuple[str, list[Entry]]]:
+    """`entries` (in arrival order) by the hour of their answer: one datetime per chunk, not per
+    entry, unless the chunk spans an hour's end."""
+    first, last = (_hour(entries[i].time_us) for i in (0, -1))
+    if first == last:
+        return [(first, entries)]
+    hours: dict[str, list[Entry]] = {}
+    for entry in entries:
+        hours.setdefault(_hour(entry.time_us), []).append(entry)
+    return list(hours.items())
+
+
+def _hour(time_us: int) -> str:
+    return layout.hour_of(datetime.fromtimestamp(time_us / 1e6, UTC))
 
 
 def table(entries: Sequence[Entry]) -> pa.Table:
