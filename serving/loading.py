@@ -50,7 +50,8 @@ class Refusal:
     """Why a published version does not serve, and when to try it again."""
 
     reason: str
-    kind: str  # "incomplete" | "integrity" | "probe" | "load" | "store": a metric label
+    # a metric label: "incomplete" | "integrity" | "probe" | "load" | "store" | "steps" (an ensemble waiting)
+    kind: str
     token: Token | None  # retried once the folder no longer looks like this; None: at every poll
 
 

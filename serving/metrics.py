@@ -256,7 +256,8 @@ BATCH_BUCKETS = tuple(2**i for i in range(14))  # 1 .. 8192 rows
 
 REFUSALS = (
     "tritonflow_version_refusals",
-    "Model versions (and configs) refused, by reason: incomplete, integrity, probe, load, store, config",
+    "Model versions (and configs) refused, by reason: incomplete, integrity, probe, load, store, config, "
+    "steps",
 )
 ROLE = ("tritonflow_version_role", "1 for each version served, labelled with its release role")
 DISAGREEMENT = (
