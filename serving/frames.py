@@ -58,16 +58,18 @@ def column_datatype(column: pd.Series) -> str:
 def column_tensor(frame: pd.DataFrame, name: str | None, datatype: str) -> np.ndarray:
     """One column as the datatype's [rows, 1] array (with `name` None: the whole frame as a
     [rows, columns] matrix); strings as an object array of UTF-8 bytes."""
-    values = frame if name is None else frame[[name]]
+    # NOTE: a Series, not frame[[name]]: a one-column DataFrame costs ~0.3 ms per column to slice
+    values = frame if name is None else frame[name]
     what = "the frame" if name is None else f"column {name!r}"
+    shape = (len(frame), -1)
     if datatype == "BYTES":
         flat = values.to_numpy(dtype=object).ravel()
         encoded = [MISSING_STRING.encode() if _missing(v) else str(v).encode() for v in flat]
-        return np.array(encoded, dtype=object).reshape(values.shape)
+        return np.array(encoded, dtype=object).reshape(shape)
     if datatype not in NUMPY:
         raise FrameError(f"{what}: the model's datatype {datatype} cannot be filled from a frame")
     try:
-        return values.to_numpy(dtype=NUMPY[datatype])
+        return values.to_numpy(dtype=NUMPY[datatype]).reshape(shape)
     except (TypeError, ValueError) as exc:
         raise FrameError(f"{what} must hold numbers for the model's {datatype} input: {exc}") from None
 

@@ -165,3 +165,16 @@ def test_capture_quick(tmp_path: Path) -> None:
     assert all(row["requests_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"] for row in report["medians"])
     assert report["capture_counts"]["rows"] > 0 and report["capture_counts"]["files"] > 0
     assert "| capture on |" in (tmp_path / "capture.md").read_text()
+
+
+def test_tabular_quick(tmp_path: Path) -> None:
+    run(BENCHMARKS / "tabular.py", "--quick", "--out", str(tmp_path), cwd=tmp_path)
+    report = json.loads((tmp_path / "tabular.json").read_text())
+    contenders = {"node ensemble", "onnxruntime (whole)", "sklearn"}
+    for rows in (1, 1_000):
+        timed = {r["contender"]: r for r in report["results"] if r["rows"] == rows}
+        assert set(timed) == contenders
+        assert all(0 < r["p50_ms"] <= r["p99_ms"] and r["rows_per_s"] > 0 for r in timed.values())
+        assert report["node_server_side"][str(rows)]["ensemble_ms"] > 0
+    assert report["parity_ok"] and report["parity_max_abs_diff"]["node ensemble"] <= 1e-6
+    assert "| node ensemble |" in (tmp_path / "tabular.md").read_text()
