@@ -61,6 +61,9 @@ class DeploymentRecord:
     selection: dict[str, Any] | None = None  # rule, winner, candidates
     release: dict[str, Any] | None = None  # @deploy(promote=...)'s decision and the scores behind it
     reference: dict[str, Any] | None = None  # reference.json (training data profile): path, sha256, size
+    # an ensemble's step versions, in the order they run: [{"step", "model", "version", "deployment_id",
+    # "format", "backend", "files"}]; empty for any other model
+    steps: list[dict[str, Any]] = field(default_factory=list)
     schema: str = SCHEMA
 
     @property
@@ -75,6 +78,11 @@ class DeploymentRecord:
     def run_pathspec(self) -> str | None:
         flow, run_id = self.metaflow.get("flow"), self.metaflow.get("run_id")
         return f"{flow}/{run_id}" if flow and run_id else None
+
+    @property
+    def pins(self) -> dict[str, int]:
+        """An ensemble's step model -> the version it was exported with ({} for other models)."""
+        return {step["model"]: int(step["version"]) for step in self.steps}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -34,9 +34,10 @@ from tritonflow.lineage.repository import ModelRepository
 SCHEMA = "tritonflow.release/v1"
 Kind = Literal["promote", "rollback", "canary", "shadow"]
 KINDS = ("promote", "rollback", "canary", "shadow")
-# (config.pbtxt text, champion) -> the text serving exactly the champion: serving/release_policy.py's
-# champion_config, passed in because lineage never imports serving
-ConfigPolicy = Callable[[str, int], str]
+# (config.pbtxt text, champion, *, pins=, also=) -> the text serving exactly the champion (and `also`),
+# an ensemble's steps pinned to `pins`: serving/release_policy.py's champion_config, passed in because
+# lineage never imports serving
+ConfigPolicy = Callable[..., str]
 
 
 _DONE = {
@@ -287,14 +288,39 @@ def set_shadow(
 
 
 def apply_state(repository: ModelRepository, state: ReleaseState, policy: ConfigPolicy) -> bool:
-    """Rewrite config.pbtxt so that it serves exactly the champion; True when it changed."""
+    """Rewrite config.pbtxt so that it serves exactly the champion; True when it changed.
+
+    An ensemble moves with its steps: each step model first serves the versions pinned by the
+    ensemble's champion, the champion before it, canary and shadow (so the node can swap either
+    way without a gap), then the ensemble's config pins its steps to the champion's."""
     if state.champion is None:
         return False
-    text = repository.read_config(state.model)
-    wanted = policy(text, state.champion)
+    pins = step_pins(repository, state.model, state.champion)
+    if pins:
+        kept = [state.champion, *state.champions[-2:-1], state.canary, state.shadow]
+        pinned = [
+            step_pins(repository, state.model, v) for v in dict.fromkeys(v for v in kept if v is not None)
+        ]
+        for step, version in pins.items():
+            also = {p[step] for p in pinned if step in p}
+            _rewrite(repository, step, lambda text, v=version, a=also: policy(text, v, also=a))
+    return _rewrite(repository, state.model, lambda text: policy(text, state.champion, pins=pins))
+
+
+def step_pins(repository: ModelRepository, model: str, version: int) -> dict[str, int]:
+    """The step versions an ensemble version pins ({} for other models and versions without a record)."""
+    try:
+        return repository.read_record(model, version).pins
+    except NotFound:
+        return {}
+
+
+def _rewrite(repository: ModelRepository, model: str, change: Callable[[str], str]) -> bool:
+    text = repository.read_config(model)
+    wanted = change(text)
     if wanted == text:
         return False
-    repository.store.write(layout.config_key(state.model), wanted.encode())
+    repository.store.write(layout.config_key(model), wanted.encode())
     return True
 
 

@@ -175,10 +175,10 @@ class DeployDecorator(StepDecorator):
         # NOTE: the earliest a step decorator sees the sample: it runs in its own step only, so a select
         # join checks it after the candidates trained, yet before its own body does its work.
         if sample and self.training_task is not None and sample in self.training_task:
-            from tritonflow.plugin.signature import sample_rows
+            from tritonflow.plugin.signature import check_sample
 
             try:
-                sample_rows(self.training_task[sample])
+                check_sample(self.training_task[sample])
             except TritonflowError as exc:
                 raise DeployException(
                     f"step *{step_name}* did not run: sample={sample!r} "

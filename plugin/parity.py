@@ -16,21 +16,36 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tritonflow.lineage.errors import TritonflowError
+from tritonflow.lineage.repository import ModelRepository
 from tritonflow.plugin.exporters import config_spec
 from tritonflow.plugin.exporters.base import Export, library_errors
+from tritonflow.plugin.exporters.tabular import EnsembleExport
+from tritonflow.serving import datatypes
 from tritonflow.serving.backends import Backend, load_backend
-from tritonflow.serving.model_config import build_config
+from tritonflow.serving.ensemble_config import plan
+from tritonflow.serving.frames import column_tensor
+from tritonflow.serving.loading import published_backend
+from tritonflow.serving.model_config import ModelConfig, build_config, check_config, pb
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TOLERANCE = 1e-5
 LATENCY_ROWS = (1, 1000)  # batch sizes whose engine latency the deployment card shows
 LATENCY_REPEATS = 7
 HINTS = {
+    "ensemble": (
+        "the preprocessing's ONNX graph (skl2onnx) may not compute what the scikit-learn steps do: "
+        'check the steps named in the error, or pass format="onnx" to export the whole pipeline'
+    ),
     "treelite": 'Treelite may not capture everything this model does: try format="onnx"',
     "onnx": (
         "the ONNX graph computes in float32 (a scaler in front of trees can move rows across splits) and "
@@ -54,27 +69,128 @@ def check_parity(export: Export, rows: np.ndarray, tolerance: float = TOLERANCE)
     and the engine's latency on this machine (`measure_latency`), timed while the export is loaded.
     """
     rows = np.ascontiguousarray(rows, dtype=np.float32)
-    config = build_config(config_spec(export, name="parity"))
     with library_errors(export.model_info["class"].rsplit(".", 1)[-1], "the parity check of"):
-        with tempfile.TemporaryDirectory(prefix="tritonflow-parity-") as folder:
-            for name, data in export.files.items():
-                (Path(folder) / name).write_bytes(data)
-            backend = load_backend(Path(folder), config, engine="auto")
-            try:
-                served = backend.predict({export.inputs[0].name: rows})[export.outputs[0].name]
-                latency = measure_latency(backend, export.inputs[0].name, rows)
-            finally:
-                backend.unload()
-        native = np.asarray(export.native_predict(rows), dtype=np.float64)
-    served = np.asarray(served, dtype=np.float64)
+        with _loaded(export) as backend:
+            served, latency = _served(
+                lambda batch: backend.predict({export.inputs[0].name: batch})[export.outputs[0].name],
+                lambda n: np.ascontiguousarray(np.resize(rows, (n, rows.shape[1]))),
+                rows,
+            )
+            engine = backend.engine
+        native = export.native_predict(rows)
+    return {
+        **compare(export.format, export.n_classes, served, native, tolerance),
+        "engine": engine,
+        "latency": latency,
+    }
+
+
+def check_ensemble_parity(
+    export: EnsembleExport, frame: pd.DataFrame, tolerance: float = TOLERANCE
+) -> dict[str, Any]:
+    """The ensemble's steps served in the order its config runs them (each step's tensors mapped as
+    the config maps them), on the frame's columns as a client sends them, against the native
+    pipeline on the frame itself; ParityError past `tolerance`. The report as `check_parity`'s."""
+    with library_errors("Pipeline", "the parity check of"), _loaded_ensemble(export) as run:
+        served, latency = _served(run, lambda n: frame.iloc[np.arange(n) % len(frame)], frame)
+        native = export.native_predict(frame)
+    report = compare("ensemble", export.n_classes, served, native, tolerance)
+    return {**report, "engine": run.engines, "latency": latency}
+
+
+def ensemble_predictor(export: EnsembleExport) -> Callable[[pd.DataFrame], np.ndarray]:
+    """What the exported ensemble answers on a frame, its steps loaded for the call."""
+
+    def predict(frame: pd.DataFrame) -> np.ndarray:
+        with _loaded_ensemble(export) as run:
+            return run(frame)
+
+    return predict
+
+
+def published_predictor(
+    repository: ModelRepository, name: str, version: int
+) -> Callable[[pd.DataFrame], np.ndarray]:
+    """What a published ensemble version answers on a frame: its pinned step versions loaded as
+    the node loads them (VersionRefused when one does not load)."""
+
+    def predict(frame: pd.DataFrame) -> np.ndarray:
+        record = repository.read_record(name, version)
+        config = check_config(repository.read_config(name), f"{name}/config.pbtxt", name)
+        with ExitStack() as stack:
+            backends = {
+                model: stack.enter_context(published_backend(repository, model, pinned))[1]
+                for model, pinned in record.pins.items()
+            }
+            return _Steps(config, backends)(frame)
+
+    return predict
+
+
+@contextmanager
+def _loaded_ensemble(export: EnsembleExport) -> Iterator[_Steps]:
+    config = build_config(config_spec(export, name="parity", steps=export.schedule("parity")))
+    exports = dict(export.steps)
+    with ExitStack() as stack:
+        backends = {
+            model: stack.enter_context(_loaded(exports[step]))
+            for step, model in export.step_models("parity").items()
+        }
+        yield _Steps(config, backends)
+
+
+class _Steps:
+    """An ensemble config's steps over loaded backends (step model -> backend), in the order the
+    config runs them: a frame's columns in, the ensemble's first output out."""
+
+    def __init__(self, config: ModelConfig, backends: dict[str, Backend]) -> None:
+        self.order, self.backends = plan(config), backends
+        self.columns = [(t.name, datatypes.from_config(pb.DataType.Name(t.data_type))) for t in config.input]
+        self.output = config.output[0].name
+        self.engines = "+".join(backends[step.model].engine for step in self.order)
+
+    def __call__(self, frame: pd.DataFrame) -> np.ndarray:
+        tensors = {name: column_tensor(frame, name, datatype) for name, datatype in self.columns}
+        for step in self.order:
+            outputs = self.backends[step.model].predict({name: tensors[t] for name, t in step.inputs.items()})
+            tensors.update({tensor: outputs[name] for name, tensor in step.outputs.items()})
+        return np.asarray(tensors[self.output])
+
+
+@contextmanager
+def _loaded(export: Export) -> Iterator[Backend]:
+    """The export loaded as the node loads a version: its files in a folder, its config, `load_backend`."""
+    config = build_config(config_spec(export, name="parity"))
+    with tempfile.TemporaryDirectory(prefix="tritonflow-parity-") as folder:
+        for name, data in export.files.items():
+            (Path(folder) / name).write_bytes(data)
+        backend = load_backend(Path(folder), config, engine="auto")
+        try:
+            yield backend
+        finally:
+            backend.unload()
+
+
+def _served(
+    run: Callable[[Any], np.ndarray], batch: Callable[[int], Any], rows: Any
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """What `run` answers on `rows`, and its latency on LATENCY_ROWS rows (`batch(n)`)."""
+    return np.asarray(run(rows)), measure_latency(run, batch)
+
+
+def compare(
+    fmt: str, n_classes: int | None, served: np.ndarray, native: np.ndarray, tolerance: float
+) -> dict[str, Any]:
+    """The comparison's report (rows, max_abs_diff, tolerance, rule); ParityError past `tolerance`."""
+    served, native = np.asarray(served, dtype=np.float64), np.asarray(native, dtype=np.float64)
     if served.shape != native.shape:
         raise ParityError(
-            export.format, f"answers with shape {list(served.shape)}, the model with {list(native.shape)}"
+            fmt, f"answers with shape {list(served.shape)}, the model with {list(native.shape)}"
         )
     diff = np.abs(served - native)
     diff[np.isnan(served) & np.isnan(native)] = 0.0  # a missing value answered alike on both sides
     diff = np.nan_to_num(diff, nan=np.inf)
-    if export.n_classes:
+    if n_classes:
         rule, scaled = "absolute", diff
     else:
         rule = "relative to max(1, largest |value| of the output)"
@@ -82,32 +198,25 @@ def check_parity(export: Export, rows: np.ndarray, tolerance: float = TOLERANCE)
     worst = np.unravel_index(int(np.argmax(scaled)), scaled.shape)
     if scaled[worst] > tolerance:
         raise ParityError(
-            export.format,
+            fmt,
             f"answers differently from the model: largest difference {diff[worst]:.3g} at row {worst[0]}, "
             f"output {worst[1]} (served {served[worst]:.9g}, model {native[worst]:.9g}; {rule} tolerance "
-            f"{tolerance:g}, {len(rows)} rows compared)",
+            f"{tolerance:g}, {len(served)} rows compared)",
         )
-    return {
-        "rows": len(rows),
-        "max_abs_diff": float(diff.max()),
-        "tolerance": tolerance,
-        "rule": rule,
-        "engine": backend.engine,
-        "latency": latency,
-    }
+    return {"rows": len(served), "max_abs_diff": float(diff.max()), "tolerance": tolerance, "rule": rule}
 
 
-def measure_latency(backend: Backend, input_name: str, rows: np.ndarray) -> dict[str, Any]:
-    """Median time of `backend.predict` on LATENCY_ROWS rows (the sample repeated), after a warm-up
+def measure_latency(run: Callable[[Any], Any], batch: Callable[[int], Any]) -> dict[str, Any]:
+    """Median time of `run` on LATENCY_ROWS rows (`batch(n)`: the sample repeated), after a warm-up
     call: what the engine alone costs on the machine that deployed (no HTTP, no batching)."""
     median_ms = {}
     for n in LATENCY_ROWS:
-        batch = np.ascontiguousarray(np.resize(rows, (n, rows.shape[1])))
-        backend.predict({input_name: batch})
+        rows = batch(n)
+        run(rows)
         times = []
         for _ in range(LATENCY_REPEATS):
             start = time.perf_counter()
-            backend.predict({input_name: batch})
+            run(rows)
             times.append(time.perf_counter() - start)
         median_ms[str(n)] = statistics.median(times) * 1e3
     return {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,13 +112,16 @@ def decide(
     rule: PromoteRule,
     repository: ModelRepository,
     model: str,
-    new: tuple[dict[str, bytes], ModelConfig],
-    sample: tuple[Any, np.ndarray],
+    new: tuple[dict[str, bytes], ModelConfig] | Callable[[], np.ndarray],
+    sample: tuple[Any, Any],
     labels: Any,
     classes: Sequence[str],
+    published: Callable[[int], np.ndarray] | None = None,
 ) -> Decision:
-    """`new`: the exported files and the generated config; `sample`: the sample and its rows that
-    if_better scores on (its first SAMPLE_ROWS, as the parity gate), with `labels`, one per sample row."""
+    """`new`: the exported files and the generated config (or what the new version answers on the
+    rows); `sample`: the sample and its rows that if_better scores on (its first SAMPLE_ROWS, as the
+    parity gate), with `labels`, one per sample row; `published`: what a published version answers
+    on those rows (default: the version loaded as the node loads it, fed the rows)."""
     rows = sample[1]
     # NOTE: checked before anything else, so a wrong labels artifact fails the first deploy too
     truth = _labels(labels, sample, classes, rule.metric or "") if rule.mode == "if_better" else np.empty(0)
@@ -132,11 +135,11 @@ def decide(
     if rule.mode == "on_success":
         return Decision(rule, False, current, f"champion once its run succeeds; v{current} stays until then")
     metric = rule.metric or ""
-    files, config = new
-    new_score = score(metric, _predict_new(files, config, rows), truth, classes)
+    answered = new() if callable(new) else _predict_new(*new, rows)
+    new_score = score(metric, answered, truth, classes)
     evaluation: dict[str, Any] = {"metric": metric, "rows": len(rows), "new": new_score}
     try:
-        served = _predict_published(repository, model, current, rows)
+        served = published(current) if published else _predict_published(repository, model, current, rows)
     except TritonflowError as exc:  # NOTE: a champion that does not load serves nobody: replace it
         evaluation["champion"] = {"version": current, "error": str(exc)}
         return Decision(rule, True, current, f"champion v{current} does not load ({exc})", evaluation)

@@ -19,6 +19,8 @@ from tritonflow.lineage.reference import FILE as REFERENCE_FILE
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.plugin import promotion
 from tritonflow.plugin.exporters import config_spec, export_model
+from tritonflow.plugin.exporters.tabular import export_ensemble
+from tritonflow.plugin.model_checks import check_trained
 from tritonflow.plugin.options import DeployOptions
 from tritonflow.plugin.parity import check_parity
 from tritonflow.plugin.reference import DataRows, profile_bytes, reference_profile, sample_matrix
@@ -50,7 +52,9 @@ def deploy(
     sample_labels: Any = None,
     training_data: Sequence[DataRows] = (),
 ) -> DeploymentRecord:
-    """Publish `model` as the next version of `options.name`; return its deployment record.
+    """Publish `model` as the next version of `options.name`; return its deployment record. A
+    Pipeline of preprocessing and trees with a DataFrame sample is published as a Triton ensemble
+    (plugin/publish_ensemble.py).
 
     Every check (export, config schema and FIL rules, parity, signature, the promote decision) runs
     before the repository is touched; a retried task that already published the same files gets its
@@ -59,6 +63,12 @@ def deploy(
     event is written (promotion.settle). The reference profile describes the `training_data` matrices
     that fit the signature (the sample when none does).
     """
+    check_trained(model)
+    ensemble = export_ensemble(model, sample, options.triton_version) if options.format != "onnx" else None
+    if ensemble is not None:
+        from tritonflow.plugin.publish_ensemble import deploy_ensemble  # NOTE: it builds on this module
+
+        return deploy_ensemble(ensemble, options, sample, provenance, sample_name, sample_labels)
     signature = describe(model, sample)
     export = export_model(model, options.format, signature.n_features, options.triton_version)
     spec = config_spec(
@@ -93,8 +103,8 @@ def deploy(
 
     repository = ModelRepository(options.repository)
     task = provenance.metaflow.get("task", "")
-    digests = {name: sha256_hex(data) for name, data in export.files.items()}
-    previous = repository.find_task_deployment(options.name, task, set(digests.values())) if task else None
+    digests = {sha256_hex(data) for data in export.files.values()}
+    previous = repository.find_task_deployment(options.name, task, digests) if task else None
     if previous is not None:  # NOTE: its settle may not have run (a crash between): settle is idempotent
         promotion.settle(repository, previous)
         return previous
@@ -110,46 +120,26 @@ def deploy(
     written = config_text if decision.champion is None else champion_config(config_text, decision.champion)
 
     def make_record(version: int) -> DeploymentRecord:
-        flow, run_id = provenance.metaflow.get("flow"), provenance.metaflow.get("run_id")
-        did = (
-            DeploymentId(options.name, version, flow, run_id) if flow else DeploymentId(options.name, version)
-        )
-        return DeploymentRecord(
-            deployment_id=str(did),
-            model_name=options.name,
-            version=version,
-            created_at=utc_now(),
-            repository=repository.uri,
-            files=[
-                {"path": f"{version}/{name}", "sha256": digests[name], "size": len(data)}
-                for name, data in sorted(export.files.items())
-            ],
-            format=export.format,
-            backend=export.backend,
-            config=_config_summary(written, beside),
+        return new_record(
+            options.name,
+            version,
+            repository,
+            provenance,
+            export.files,
+            config=config_summary(written, beside),
             signature={
                 "n_features": signature.n_features,
                 "feature_names": signature.feature_names,
                 "sample": sample_name,
                 **model_config.signature(config),
             },
+            format=export.format,
+            backend=export.backend,
             triton_version=options.triton_version,
-            exporter={**export.versions, "python": platform.python_version()},
-            metaflow=provenance.metaflow,
-            data=provenance.data,
-            metrics=provenance.metrics,
+            exporter=export.versions,
             model={**export.model_info, "n_classes": export.n_classes, "parity": parity},
-            selection=provenance.selection,
             release=decision.to_record(),
-            reference=(
-                {
-                    "path": f"{version}/{REFERENCE_FILE}",
-                    "sha256": sha256_hex(reference),
-                    "size": len(reference),
-                }
-                if reference is not None
-                else None
-            ),
+            reference=_file_entry(version, REFERENCE_FILE, reference) if reference is not None else None,
         )
 
     record = repository.publish(
@@ -158,14 +148,46 @@ def deploy(
         {**export.files, **({REFERENCE_FILE: reference} if reference is not None else {})},
         make_record,
         owner={"task": task or "(no task)", "model": options.name},
-        check_current=lambda text: _check_signature(text, config, spec.labels, options.name, repository),
+        check_current=lambda text: check_signature(text, config, spec.labels, options.name, repository),
         model_files=beside,
     )
     promotion.settle(repository, record)
     return record
 
 
-def _check_signature(
+def new_record(
+    name: str,
+    version: int,
+    repository: ModelRepository,
+    provenance: Provenance,
+    files: dict[str, bytes],
+    **parts: Any,
+) -> DeploymentRecord:
+    """The record of `name`:`version`, its files listed with their hashes; `parts`: the record's
+    fields that say what the version is (config, signature, format, model, release, ...)."""
+    flow, run_id = provenance.metaflow.get("flow"), provenance.metaflow.get("run_id")
+    did = DeploymentId(name, version, flow, run_id) if flow else DeploymentId(name, version)
+    return DeploymentRecord(
+        deployment_id=str(did),
+        model_name=name,
+        version=version,
+        created_at=utc_now(),
+        repository=repository.uri,
+        files=[_file_entry(version, file, data) for file, data in sorted(files.items())],
+        exporter={**parts.pop("exporter"), "python": platform.python_version()},
+        metaflow=provenance.metaflow,
+        data=provenance.data,
+        metrics=provenance.metrics,
+        selection=provenance.selection,
+        **parts,
+    )
+
+
+def _file_entry(version: int, name: str, data: bytes) -> dict[str, Any]:
+    return {"path": f"{version}/{name}", "sha256": sha256_hex(data), "size": len(data)}
+
+
+def check_signature(
     current: str,
     config: model_config.ModelConfig,
     classes: tuple[str, ...],
@@ -192,7 +214,7 @@ def _check_signature(
         )
 
 
-def _config_summary(text: str, beside: dict[str, bytes]) -> dict[str, Any]:
+def config_summary(text: str, beside: dict[str, bytes]) -> dict[str, Any]:
     """config.pbtxt as this deploy wrote it (serving the champion of the time; the version's promote
     event then rewrites its version_policy, as every release command does) in brief, with its sha256,
     and the files beside it (the labels file) with theirs."""

@@ -21,11 +21,11 @@ SAMPLE_ROWS = 1024  # the parity gate runs at most this many of a sample's rows
 GENERATED_ROWS = 256
 SEED = 0
 NUMERIC_ONLY = (
-    "tritonflow serves numeric inputs only today: every served model takes one FP32 tensor, so string "
-    "and category columns must be encoded before the model (string columns served as a Triton ensemble come "
-    "in a later release). Encode them in the flow, e.g. with an OrdinalEncoder fitted in the training "
-    "step (keep it: clients' rows need the same encoding), and deploy a model or Pipeline whose input is "
-    "numbers only"
+    "a model takes one FP32 tensor unless it is a scikit-learn Pipeline of preprocessing and a tree "
+    "model (XGBoost, LightGBM, scikit-learn's forests) deployed with a DataFrame sample, which is served "
+    "as a Triton ensemble taking each column by name, strings included. Make the model such a Pipeline "
+    "(e.g. a ColumnTransformer with a OneHotEncoder or OrdinalEncoder for the string columns, then the "
+    "trees), or encode the string columns before the model"
 )
 
 
@@ -81,8 +81,8 @@ def _refuse_string_inputs(model: Any) -> None:
     strings = string_columns(model)
     if strings:
         raise SignatureError(
-            f"the {type(model).__name__} reads the columns {strings} as strings or categories, which its "
-            f"served FP32 input cannot carry (encoding them inside the model does not help): {NUMERIC_ONLY}"
+            f"the {type(model).__name__} reads the columns {strings} as strings or categories, which one "
+            f"FP32 tensor cannot carry (with a numpy sample, or none, it would be served so): {NUMERIC_ONLY}"
         )
 
 
@@ -119,6 +119,19 @@ def model_feature_names(model: Any) -> list[str] | None:
     names = [str(n) for n in names]
     # NOTE: LightGBM names unnamed features Column_0, Column_1, ...: those are not real names.
     return None if names == [f"Column_{i}" for i in range(len(names))] else names
+
+
+def check_sample(sample: Any) -> None:
+    """What @deploy checks of the sample before the step: rows of input. A DataFrame may hold
+    strings (a Pipeline that encodes them is served as an ensemble); that is known after the step."""
+    if hasattr(sample, "columns") and hasattr(sample, "head"):
+        if len(sample) == 0 or len(sample.columns) == 0:
+            raise SignatureError(
+                f"the sample has {len(sample)} rows and {len(sample.columns)} columns: pass rows of "
+                "input shaped like the training data, e.g. X_val.head(100)"
+            )
+        return
+    sample_rows(sample)
 
 
 def sample_rows(sample: Any) -> tuple[np.ndarray, list[str] | None]:

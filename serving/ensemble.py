@@ -1,7 +1,9 @@
 """An ensemble version: a loaded model whose requests run its steps' loaded versions, in-process.
 
 At load the ensemble binds each step to the version its model serves then (`model_version` -1:
-the step model's default version, what an unversioned request gets; else that version), checks
+the step model's default version, what an unversioned request gets; else that version; a version
+whose deployment record pins its steps (an ensemble @deploy published) binds those, so a canary
+and a champion each run the steps they were exported with), checks
 every mapped tensor's datatype, dims and batching against the step models' configs, and holds
 those versions (acquired) for as long as it serves. So a step that is reloaded, or unloaded, under
 a live ensemble never breaks its requests: the ensemble answers with the step versions it bound,
@@ -54,14 +56,16 @@ class StepNotServing(EnsembleError):
     """A step's model (or pinned version) serves nothing yet: models load in any order."""
 
 
-def bind(name: str, config: ModelConfig, resolve: Resolve) -> Binding:
-    """Each step with the loaded version it runs on, once every tensor it maps fits; EnsembleError if not."""
+def bind(name: str, config: ModelConfig, resolve: Resolve, pins: dict[str, int]) -> Binding:
+    """Each step with the loaded version it runs on (`pins`, step model -> version, over the
+    config's), once every tensor it maps fits; EnsembleError if not."""
     batched = config.max_batch_size > 0
     known = {t.name: _tensor(t) for t in config.input}  # ensemble tensor -> its type and dims
     binding: Binding = []
     for step in plan(config):
+        version = pins.get(step.model, step.version)
         try:
-            mv = resolve(step.model, None if step.version == LATEST else str(step.version))
+            mv = resolve(step.model, None if version == LATEST else str(version))
         except ServingError as exc:
             raise StepNotServing(f"ensemble {name}: step {step.label} is not serving: {exc}") from None
         where = f"ensemble {name}: step {mv.label}"
@@ -107,7 +111,7 @@ async def load_ensemble(
     try:
         record = await asyncio.to_thread(repository.read_record, name, version)
         check_record(record, name, version, has_files=False)
-        binding = bind(name, config, resolve)
+        binding = bind(name, config, resolve, record.pins)
         # NOTE: no await between bind and the version's acquiring its steps: none can be unloaded
         mv = EnsembleVersion(name, version, config, record, binding, traffic, asyncio.get_running_loop())
     except StepNotServing as exc:
@@ -189,7 +193,7 @@ class EnsembleVersion(ModelVersion):
 
     def rebind(self, resolve: Resolve, traffic: Traffic) -> EnsembleVersion:
         """This version bound to the step versions serving now (itself when they are the same ones)."""
-        binding = bind(self.name, self.config, resolve)
+        binding = bind(self.name, self.config, resolve, self.record.pins)
         if [mv for _, mv in binding] == [mv for _, mv in self.binding]:
             return self
         return EnsembleVersion(

@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.layout import LABEL_FILE
 from tritonflow.serving import datatypes
-from tritonflow.serving.ensemble_config import ENSEMBLE_PLATFORM, ensemble_problems
+from tritonflow.serving.ensemble_config import ENSEMBLE_PLATFORM, Step, ensemble_problems
 from tritonflow.serving.labels import ReadFile, label_problems
 
 ModelConfig: TypeAlias = pb.ModelConfig
@@ -75,10 +75,11 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ConfigSpec:
-    """What a deploy asks of a config; `build_config` turns it into a complete ModelConfig."""
+    """What a deploy asks of a config; `build_config` turns it into a complete ModelConfig.
+    With `steps`, an ensemble (platform "ensemble", no backend, instances or batching of its own)."""
 
     name: str
-    backend: str  # "fil" | "onnxruntime"
+    backend: str  # "fil" | "onnxruntime"; "" for an ensemble
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     max_batch_size: int = 8192
@@ -87,6 +88,7 @@ class ConfigSpec:
     parameters: dict[str, str] = field(default_factory=dict)
     latest_versions: int = 1
     labels: tuple[str, ...] = ()  # what outputs[0]'s columns are, in order: its label_filename (LABEL_FILE)
+    steps: tuple[Step, ...] = ()  # an ensemble's steps, in the order they run
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def served_versions(config: ModelConfig, versions: list[int]) -> list[int]:
 
 
 def build_config(spec: ConfigSpec) -> ModelConfig:
-    config = ModelConfig(name=spec.name, backend=spec.backend, max_batch_size=spec.max_batch_size)
+    config = ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     for tensors, target in ((spec.inputs, config.input), (spec.outputs, config.output)):
         for t in tensors:
             target.add(
@@ -181,14 +183,22 @@ def build_config(spec: ConfigSpec) -> ModelConfig:
                 data_type=pb.DataType.Value(datatypes.to_config(t.datatype)),
                 dims=list(t.dims),
             )
+    config.version_policy.latest.num_versions = spec.latest_versions
+    if spec.labels:
+        config.output[0].label_filename = LABEL_FILE
+    if spec.steps:
+        config.platform = ENSEMBLE_PLATFORM
+        for step in spec.steps:
+            added = config.ensemble_scheduling.step.add(model_name=step.model, model_version=step.version)
+            added.input_map.update(step.inputs)
+            added.output_map.update(step.outputs)
+        return config
+    config.backend = spec.backend
     kind = pb.ModelInstanceGroup.KIND_GPU if spec.instance_kind == "gpu" else pb.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(kind=kind, count=1)
     config.dynamic_batching.max_queue_delay_microseconds = spec.max_queue_delay_us
-    config.version_policy.latest.num_versions = spec.latest_versions
     for key, value in spec.parameters.items():
         config.parameters[key].string_value = value
-    if spec.labels:
-        config.output[0].label_filename = LABEL_FILE
     return config
 
 

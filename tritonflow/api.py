@@ -268,7 +268,9 @@ def _opened(repository: Repository, command: str) -> ModelRepository:
 def _policy(repository: ModelRepository) -> release_log.ConfigPolicy:
     from tritonflow.serving.release_policy import champion_config
 
-    return lambda text, champion: champion_config(text, champion, f"{repository.uri} config.pbtxt")
+    return lambda text, champion, **steps: champion_config(
+        text, champion, f"{repository.uri} config.pbtxt", **steps
+    )
 
 
 def _lineage_command(asked: list[str]) -> str:

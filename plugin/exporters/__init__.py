@@ -13,7 +13,9 @@ from typing import Any
 
 from tritonflow.lineage.imports import load_object
 from tritonflow.plugin.exporters.base import Export, Exporter, ExportError, library_errors
+from tritonflow.plugin.exporters.tabular import EnsembleExport
 from tritonflow.plugin.model_checks import check_trained
+from tritonflow.serving.ensemble_config import Step
 from tritonflow.serving.labels import line_break
 from tritonflow.serving.model_config import ConfigSpec
 
@@ -45,17 +47,18 @@ def export_model(model: Any, fmt: str, n_features: int, triton_version: str) -> 
 
 
 def config_spec(
-    export: Export,
+    export: Export | EnsembleExport,
     name: str,
     max_batch_size: int = ConfigSpec.max_batch_size,
     instance_kind: str = ConfigSpec.instance_kind,
     max_queue_delay_us: int = ConfigSpec.max_queue_delay_us,
+    steps: tuple[Step, ...] = (),
 ) -> ConfigSpec:
-    """What config.pbtxt says for an export; the deploy and the parity gate build it the same way.
-    A classifier's classes label its output's columns (Triton's label_filename)."""
+    """What config.pbtxt says for an export (an ensemble's: its `steps`); the deploy and the parity
+    gate build it the same way. A classifier's classes label its output's columns (label_filename)."""
     return ConfigSpec(
         name=name,
-        backend=export.backend,
+        backend="" if steps else export.backend,
         inputs=export.inputs,
         outputs=export.outputs,
         max_batch_size=max_batch_size,
@@ -63,10 +66,11 @@ def config_spec(
         max_queue_delay_us=max_queue_delay_us,
         parameters=dict(export.parameters),
         labels=_labels(export),
+        steps=steps,
     )
 
 
-def _labels(export: Export) -> tuple[str, ...]:
+def _labels(export: Export | EnsembleExport) -> tuple[str, ...]:
     """The classes, in column order, as a labels file writes them (str of each: 0/1 stay "0"/"1")."""
     labels = tuple(str(c) for c in export.model_info.get("classes", ())) if export.n_classes else ()
     bad = line_break(labels)

@@ -13,18 +13,151 @@ ONNX Runtime's Imputer has no double kernel, so SimpleImputer is written as IsNa
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tritonflow.plugin.exporters.base import ExportError, brief, library_errors
+from tritonflow.plugin.exporters.base import INPUT, OUTPUT, Export, ExportError, brief, library_errors
+from tritonflow.serving.ensemble_config import LATEST, Step
 from tritonflow.serving.frames import column_datatype
+from tritonflow.serving.model_config import TensorSpec
 
 if TYPE_CHECKING:
     import pandas as pd
 
 FEATURES = "features"  # the preprocessing step's output: the forest's input
 OPSET = 17
+PREPROCESS, FOREST = "preprocess", "forest"  # the step models are published as <name>.<step>
+
+
+@dataclass(frozen=True)
+class EnsembleExport:
+    """A tabular pipeline as a Triton ensemble: its steps' exports, in the order they run, and the
+    ensemble's own tensors (one input per column, the forest's output)."""
+
+    steps: tuple[tuple[str, Export], ...]  # (PREPROCESS, onnx export), (FOREST, treelite export)
+    columns: list[tuple[str, str]]  # (column, Triton datatype), the sample frame's order
+    model_info: dict[str, Any]
+    # The native pipeline's answer in the served output's terms, from a DataFrame.
+    native_predict: Callable[[pd.DataFrame], np.ndarray] = field(repr=False)
+
+    format = "ensemble"
+    backend = "ensemble"
+    parameters: dict[str, str] = field(default_factory=dict)  # an ensemble's config has none
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(name, datatype, (1,)) for name, datatype in self.columns)
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.steps[-1][1].outputs
+
+    @property
+    def n_classes(self) -> int | None:
+        return self.steps[-1][1].n_classes
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {k: v for _, export in self.steps for k, v in export.versions.items()}
+
+    def step_models(self, name: str) -> dict[str, str]:
+        """Step -> the model it is published as."""
+        return {step: f"{name}.{step}" for step, _ in self.steps}
+
+    def schedule(self, name: str, versions: dict[str, int] | None = None) -> tuple[Step, ...]:
+        """The ensemble's steps under `name`, each pinned to its version (LATEST when not given)."""
+        models, versions = self.step_models(name), versions or {}
+        columns = {column: column for column, _ in self.columns}
+        return (
+            Step(models[PREPROCESS], versions.get(PREPROCESS, LATEST), columns, {FEATURES: FEATURES}),
+            Step(models[FOREST], versions.get(FOREST, LATEST), {INPUT: FEATURES}, {OUTPUT: OUTPUT}),
+        )
+
+
+def export_ensemble(model: Any, sample: pd.DataFrame, triton_version: str) -> EnsembleExport | None:
+    """A two-step ensemble, with a DataFrame sample, for a Pipeline of preprocessing and a tree
+    model, or for a LightGBM model on pandas categories (plugin/exporters/categories.py); None for
+    anything else (it keeps today's path: one tensor in, the model whole)."""
+    from tritonflow.plugin.exporters import native_model
+    from tritonflow.plugin.exporters.categories import category_step
+    from tritonflow.plugin.exporters.native import sklearn_api_predict
+
+    if not hasattr(sample, "columns"):
+        return None
+    columns = columns_of(sample)
+    split = split_pipeline(model)
+    if split is None:
+        step = category_step(model, sample, columns)
+        if step is None:
+            return None
+        adapter = native_model(model)
+        return _ensemble(step, model, adapter.predict, {"categories": "native"}, columns, triton_version)
+    preprocess, forest = split
+    with library_errors(type(preprocess).__name__, "running the preprocessing of"):
+        head = preprocess.transform(sample.head(1))
+    # NOTE: XGBoost fed a sparse matrix reads the entries it leaves out as missing, not as zeros
+    zeros_missing = hasattr(head, "toarray") and native_model(forest).library == "xgboost"
+    import skl2onnx
+
+    step = preprocess_export(
+        preprocess_onnx(preprocess, columns, zeros_missing),
+        columns,
+        int(head.shape[1]),
+        {"class": _class_name(preprocess), "steps": _steps(preprocess)},
+        {"skl2onnx": skl2onnx.__version__},
+        lambda frame: _dense(preprocess.transform(frame), zeros_missing),
+    )
+    is_classifier = native_model(forest).is_classifier
+    native = lambda frame: sklearn_api_predict(model, frame, is_classifier)  # noqa: E731
+    info = {"class": _class_name(model), "pipeline": _steps(model)}
+    return _ensemble(step, forest, native, info, columns, triton_version)
+
+
+def preprocess_export(
+    onnx: bytes,
+    columns: list[tuple[str, str]],
+    width: int,
+    info: dict[str, Any],
+    versions: dict[str, str],
+    native_predict: Callable[[pd.DataFrame], np.ndarray],
+) -> Export:
+    """The preprocessing step: an ONNX graph from one input per column to `features` (FP32, `width`)."""
+    import onnx as onnx_module
+
+    return Export(
+        format="onnx",
+        backend="onnxruntime",
+        files={"model.onnx": onnx},
+        inputs=tuple(TensorSpec(name, datatype, (1,)) for name, datatype in columns),
+        outputs=(TensorSpec(FEATURES, "FP32", (width,)),),
+        parameters={},
+        n_classes=None,
+        model_info=info,
+        versions={"onnx": onnx_module.__version__, **versions},
+        native_predict=native_predict,
+    )
+
+
+def _ensemble(
+    preprocess: Export,
+    forest: Any,
+    native_predict: Callable[[pd.DataFrame], np.ndarray],
+    info: dict[str, Any],
+    columns: list[tuple[str, str]],
+    triton_version: str,
+) -> EnsembleExport:
+    from tritonflow.plugin.exporters import export_model
+
+    trees = export_model(forest, "treelite", preprocess.outputs[0].dims[0], triton_version)
+    return EnsembleExport(
+        steps=((PREPROCESS, preprocess), (FOREST, trees)),
+        columns=columns,
+        model_info={**trees.model_info, **info},
+        native_predict=native_predict,
+    )
 
 
 def split_pipeline(model: Any) -> tuple[Any, Any] | None:
@@ -52,8 +185,9 @@ def columns_of(frame: pd.DataFrame) -> list[tuple[str, str]]:
     return [(str(name), column_datatype(frame[name])) for name in frame.columns]
 
 
-def preprocess_onnx(preprocess: Any, columns: list[tuple[str, str]]) -> bytes:
-    """The fitted preprocessing as an ONNX model: one input per column, `features` (FP32) out."""
+def preprocess_onnx(preprocess: Any, columns: list[tuple[str, str]], zeros_missing: bool = False) -> bytes:
+    """The fitted preprocessing as an ONNX model: one input per column, `features` (FP32) out;
+    `zeros_missing`: zeros become NaN (what XGBoost makes of the entries a sparse matrix leaves out)."""
     from skl2onnx import convert_sklearn
     from sklearn.impute import SimpleImputer
 
@@ -72,7 +206,7 @@ def preprocess_onnx(preprocess: Any, columns: list[tuple[str, str]]) -> bytes:
                 f"skl2onnx cannot convert the preprocessing {_steps(preprocess)}: {brief(exc)}; keep its "
                 'steps to those skl2onnx converts, or pass format="onnx" to export the whole pipeline'
             ) from None
-        return _cast_to_features(graph).SerializeToString()
+        return _cast_to_features(graph, zeros_missing).SerializeToString()
 
 
 def _tensor_type(name: str, datatype: str) -> Any:
@@ -85,12 +219,22 @@ def _tensor_type(name: str, datatype: str) -> Any:
     return types[datatype]([None, 1])
 
 
-def _cast_to_features(graph: Any) -> Any:
-    """The graph with its one output cast to float32 and named FEATURES."""
-    from onnx import TensorProto, helper
+def _cast_to_features(graph: Any, zeros_missing: bool) -> Any:
+    """The graph with its one output cast to float32 and named FEATURES (zeros as NaN if asked)."""
+    from onnx import TensorProto, helper, numpy_helper
 
     (output,) = graph.graph.output
-    graph.graph.node.append(helper.make_node("Cast", [output.name], [FEATURES], to=TensorProto.FLOAT))
+    cast = f"{FEATURES}_dense" if zeros_missing else FEATURES
+    graph.graph.node.append(helper.make_node("Cast", [output.name], [cast], to=TensorProto.FLOAT))
+    if zeros_missing:
+        for name, value in (("tritonflow_zero", 0.0), ("tritonflow_nan", np.nan)):
+            graph.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+        graph.graph.node.extend(
+            [
+                helper.make_node("Equal", [cast, "tritonflow_zero"], ["tritonflow_left_out"]),
+                helper.make_node("Where", ["tritonflow_left_out", "tritonflow_nan", cast], [FEATURES]),
+            ]
+        )
     dims = [d.dim_value or d.dim_param or None for d in output.type.tensor_type.shape.dim]
     del graph.graph.output[:]
     graph.graph.output.append(helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, dims))
@@ -130,3 +274,14 @@ def _imputer(scope: Any, operator: Any, container: Any) -> None:
 
 def _steps(pipeline: Any) -> str:
     return "(" + ", ".join(f"{name}: {type(step).__name__}" for name, step in pipeline.steps) + ")"
+
+
+def _dense(features: Any, zeros_missing: bool) -> np.ndarray:
+    """Features as the forest reads them: float32, dense (a ColumnTransformer may answer sparse)."""
+    dense = np.asarray(features.toarray() if hasattr(features, "toarray") else features, dtype=np.float32)
+    return np.where(dense == 0, np.float32(np.nan), dense) if zeros_missing else dense
+
+
+def _class_name(model: Any) -> str:
+    cls = type(model)
+    return f"{cls.__module__}.{cls.__qualname__}"

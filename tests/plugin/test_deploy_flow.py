@@ -183,17 +183,33 @@ def test_bad_input_fails_clearly_and_publishes_nothing(tmp_path, metaflow_env, k
     assert not (repo / "tiny").exists() or ModelRepository(str(repo)).versions("tiny") == []
 
 
-def test_a_string_column_in_the_sample_is_refused_before_the_step_runs(tmp_path, metaflow_env):
+def test_a_pipeline_encoding_a_string_column_is_an_ensemble_and_one_tensor_refuses_strings(
+    tmp_path, metaflow_env
+):
     repo = tmp_path / "repo"
     env = {**metaflow_env, "TRITONFLOW_REPOSITORY": str(repo)}
-    result = run_flow(TINY_FLOW, env, tmp_path, "--kind", "text", deploy={"name": "tiny", "sample": "X_text"})
-    out = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "step train did not run: sample='X_text' (from TinyFlow/" in out, out[-3000:]
-    assert "the sample's columns ['city'] are not numbers: tritonflow serves numeric inputs only" in out
-    assert "train: the step body runs" not in out  # refused in task_pre_step, before the body's work
-    assert "Traceback" not in out and "Internal error" not in out
+    # the whole pipeline as one FP32 tensor cannot carry the strings: refused, naming the column
+    refused = run_flow(
+        TINY_FLOW,
+        env,
+        tmp_path,
+        "--kind",
+        "text",
+        deploy={"name": "tiny", "sample": "X_text", "format": "onnx"},
+    )
+    out = refused.stdout + refused.stderr
+    assert refused.returncode != 0
+    assert "nothing was published: the Pipeline reads the columns ['city'] as strings or categories" in out
+    assert "served as a Triton ensemble" in out and "Traceback" not in out and "Internal error" not in out
     assert not repo.exists()
+    # by default, with the DataFrame sample, it is served as an ensemble taking each column by name
+    result = run_flow(TINY_FLOW, env, tmp_path, "--kind", "text", deploy={"name": "tiny", "sample": "X_text"})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    _, record = only_record(str(repo), "tiny")
+    assert record.format == "ensemble" and [t["name"] for t in record.signature["inputs"]] == [
+        "amount",
+        "city",
+    ]
 
 
 def test_deploy_to_s3_with_s3_datastore(tmp_path, metaflow_s3_env, s3_bucket):

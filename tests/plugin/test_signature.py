@@ -124,13 +124,13 @@ def test_samples_that_cannot_be_fp32_rows_are_refused(sample, message):
     ],
     ids=["dataframe", "object-array"],
 )
-def test_string_columns_in_the_sample_are_named_with_what_works_today(sample, columns):
+def test_string_columns_in_the_sample_are_named_with_what_works(sample, columns):
     with pytest.raises(SignatureError) as caught:
         describe(Predictor(), sample)
     message = str(caught.value)
     assert message.startswith(f"the sample's columns {columns} are not numbers: ")
-    assert "numeric inputs only today" in message and "one FP32 tensor" in message
-    assert "a later release" in message and "OrdinalEncoder" in message and "\n" not in message
+    assert "one FP32 tensor" in message and "served as a Triton ensemble" in message
+    assert "OrdinalEncoder" in message and "\n" not in message
 
 
 def test_a_sparse_sample_is_read_as_dense_rows(data):
@@ -155,14 +155,15 @@ def _encoding_pipeline(column: str):
 
 
 @pytest.mark.parametrize("with_sample", [False, True], ids=["no-sample", "sample"])
-def test_a_pipeline_that_encodes_strings_itself_is_told_what_works_today(with_sample):
+def test_a_pipeline_that_encodes_strings_is_told_it_needs_a_dataframe_sample_to_be_an_ensemble(with_sample):
     frame, y = _city_frame()
     model = _encoding_pipeline("city").fit(frame, y)
     with pytest.raises(SignatureError) as caught:
         describe(model, frame if with_sample else None)
     message = str(caught.value)
     assert message.startswith("the Pipeline reads the columns ['city'] as strings or categories")
-    assert "encoding them inside the model does not help" in message and "numeric inputs only" in message
+    assert "with a numpy sample, or none, it would be served so" in message
+    assert "deployed with a DataFrame sample, which is served as a Triton ensemble" in message
     # the same Pipeline encoding a numeric column takes numbers: it is described as before
     numeric = _encoding_pipeline("visits").fit(frame.drop(columns="city"), y)
     assert describe(numeric, frame.drop(columns="city") if with_sample else None).n_features == 2

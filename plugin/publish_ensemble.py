@@ -1,0 +1,246 @@
+"""A tabular pipeline published as a Triton ensemble: `<name>.preprocess`, `<name>.forest`, and
+`<name>` pinning the step versions it was exported with.
+
+Every check (the three configs, the parity gate through the ensemble's steps, the signatures, the
+promote decision) runs before the repository is touched. The steps are published first, as models
+of their own with their own records (their configs keep serving what they served: a new step
+version serves only once an ensemble version that pins it does); the ensemble's version last, its
+record listing the steps. The release state is the ensemble's: promoting, rolling back or setting
+a canary moves its steps with it (lineage/releases.apply_state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tritonflow.lineage import layout, releases
+from tritonflow.lineage.errors import NotFound
+from tritonflow.lineage.records import DeploymentRecord, sha256_hex
+from tritonflow.lineage.repository import ModelRepository
+from tritonflow.plugin import promotion
+from tritonflow.plugin.exporters import config_spec
+from tritonflow.plugin.exporters.base import Export
+from tritonflow.plugin.exporters.tabular import EnsembleExport
+from tritonflow.plugin.options import DeployOptions
+from tritonflow.plugin.parity import check_ensemble_parity, ensemble_predictor, published_predictor
+from tritonflow.plugin.publish import Provenance, check_signature, config_summary, new_record
+from tritonflow.plugin.signature import SAMPLE_ROWS
+from tritonflow.serving import labels, model_config
+from tritonflow.serving.release_policy import champion_config
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+UNSEEN = "__tritonflow_unseen__"  # a category no training set holds: the parity gate sends it too
+
+
+@dataclass(frozen=True)
+class _Config:
+    """One generated config.pbtxt, checked, with the labels file beside it."""
+
+    spec: model_config.ConfigSpec
+    config: model_config.ModelConfig
+    text: str
+    beside: dict[str, bytes]
+
+
+def deploy_ensemble(
+    export: EnsembleExport,
+    options: DeployOptions,
+    sample: pd.DataFrame,
+    provenance: Provenance,
+    sample_name: str | None = None,
+    sample_labels: Any = None,
+) -> DeploymentRecord:
+    """Publish the pipeline as the next version of the ensemble `options.name`; its record."""
+    name, models = options.name, export.step_models(options.name)
+    steps = {
+        step: _checked(
+            config_spec(
+                step_export,
+                models[step],
+                max_batch_size=options.max_batch_size,
+                instance_kind=options.instance_kind,
+                max_queue_delay_us=options.max_queue_delay_us,
+            )
+        )
+        for step, step_export in export.steps
+    }
+    ensemble = _checked(_ensemble_spec(export, options, {}))
+    frame = sample.head(SAMPLE_ROWS)
+    parity = check_ensemble_parity(export, with_unseen(frame, export))
+
+    repository = ModelRepository(options.repository)
+    task = provenance.metaflow.get("task", "")
+    classes = ensemble.spec.labels
+    decision = promotion.decide(
+        options.promote,
+        repository,
+        name,
+        lambda: ensemble_predictor(export)(frame),
+        (sample, frame),
+        sample_labels,
+        classes,
+        published=lambda version: published_predictor(repository, name, version)(frame),
+    )
+    exports = dict(export.steps)
+    published = {
+        step: _publish_step(repository, models[step], exports[step], steps[step], provenance, options, task)
+        for step in models
+    }
+    pins = {models[step]: record.version for step, record in published.items()}
+    final = _checked(_ensemble_spec(export, options, {step: r.version for step, r in published.items()}))
+    if decision.champion is None:
+        written = final.text
+    else:
+        kept = releases.step_pins(repository, name, decision.champion)
+        written = champion_config(final.text, decision.champion, pins=kept)
+    previous = repository.find_task_deployment(name, task, set()) if task else None
+    if previous is not None and previous.pins == pins:  # NOTE: a retried task that had published it all
+        promotion.settle(repository, previous)
+        return previous
+
+    def make_record(version: int) -> DeploymentRecord:
+        return new_record(
+            name,
+            version,
+            repository,
+            provenance,
+            {},
+            config=config_summary(written, final.beside),
+            signature={
+                "columns": [c for c, _ in export.columns],
+                "sample": sample_name,
+                **model_config.signature(final.config),
+            },
+            format=export.format,
+            backend=export.backend,
+            triton_version=options.triton_version,
+            exporter=export.versions,
+            model={**export.model_info, "n_classes": export.n_classes, "parity": parity},
+            release=decision.to_record(),
+            steps=[
+                {
+                    "step": step,
+                    "model": record.model_name,
+                    "version": record.version,
+                    "deployment_id": record.deployment_id,
+                    "format": record.format,
+                    "backend": record.backend,
+                    "files": record.files,
+                }
+                for step, record in published.items()
+            ],
+        )
+
+    record = repository.publish(
+        name,
+        written,
+        {},
+        make_record,
+        owner={"task": task or "(no task)", "model": name},
+        check_current=lambda text: check_signature(text, final.config, classes, name, repository),
+        model_files=final.beside,
+    )
+    promotion.settle(repository, record)
+    return record
+
+
+def with_unseen(frame: pd.DataFrame, export: EnsembleExport) -> pd.DataFrame:
+    """The frame, and for each string column a copy of its first rows holding a category never
+    trained on, when the native pipeline takes one (an encoder that refuses unknowns does not)."""
+    import pandas as pd
+
+    strings = [name for name, datatype in export.columns if datatype == "BYTES"]
+    if not strings:
+        return frame
+    together, unseen = frame.copy(), frame.head(min(len(frame), 8)).copy()
+    for column in strings:
+        dtype = together[column].dtype
+        if isinstance(dtype, pd.CategoricalDtype):  # NOTE: a category column stays one, one category more
+            dtype = pd.CategoricalDtype([*dtype.categories, UNSEEN], ordered=dtype.ordered)
+            together[column] = together[column].astype(dtype)
+        unseen[column] = pd.Series(UNSEEN, index=unseen.index, dtype=dtype)
+    together = pd.concat([together, unseen], ignore_index=True)
+    try:
+        export.native_predict(together)
+    except Exception:  # NOTE: a pipeline that refuses unknown categories refuses a client's too
+        return frame
+    return together
+
+
+def _ensemble_spec(
+    export: EnsembleExport, options: DeployOptions, versions: dict[str, int]
+) -> model_config.ConfigSpec:
+    return config_spec(
+        export,
+        options.name,
+        max_batch_size=options.max_batch_size,
+        steps=export.schedule(options.name, versions),
+    )
+
+
+def _checked(spec: model_config.ConfigSpec) -> _Config:
+    config = model_config.build_config(spec)
+    text = model_config.render(config)
+    # NOTE: the labels file is per model, beside config.pbtxt, like the config itself
+    beside = {layout.LABEL_FILE: labels.labels_text(spec.labels)} if spec.labels else {}
+    model_config.check_config(text, where=f"the generated config of {spec.name!r}", read_file=beside.get)
+    return _Config(spec, config, text, beside)
+
+
+def _publish_step(
+    repository: ModelRepository,
+    model: str,
+    export: Export,
+    checked: _Config,
+    provenance: Provenance,
+    options: DeployOptions,
+    task: str,
+) -> DeploymentRecord:
+    """One step's version (the one this task published already, on a retry), its config serving
+    what it served: the ensemble's release decides when this version serves."""
+    digests = {sha256_hex(data) for data in export.files.values()}
+    previous = repository.find_task_deployment(model, task, digests) if task else None
+    if previous is not None:
+        return previous
+    written = _keep_serving(repository, model, checked.text)
+
+    def make_record(version: int) -> DeploymentRecord:
+        return new_record(
+            model,
+            version,
+            repository,
+            provenance,
+            export.files,
+            config=config_summary(written, checked.beside),
+            signature=model_config.signature(checked.config),
+            format=export.format,
+            backend=export.backend,
+            triton_version=options.triton_version,
+            exporter=export.versions,
+            model={**export.model_info, "n_classes": export.n_classes},
+        )
+
+    return repository.publish(
+        model,
+        written,
+        export.files,
+        make_record,
+        owner={"task": task or "(no task)", "model": model},
+        check_current=lambda text: check_signature(
+            text, checked.config, checked.spec.labels, model, repository
+        ),
+        model_files=checked.beside,
+    )
+
+
+def _keep_serving(repository: ModelRepository, model: str, text: str) -> str:
+    """`text` serving the versions the model's current config serves (as generated: the first)."""
+    try:
+        current = model_config.parse_config(repository.read_config(model))
+    except NotFound:
+        return text
+    served = list(current.version_policy.specific.versions)
+    return champion_config(text, max(served), also=served) if served else text
