@@ -8,9 +8,9 @@ The pipeline (issue 16's): 3 string categorical columns and 20 float64 columns (
 StandardScaler on the floats])` in front of `XGBClassifier(n_estimators=300, max_depth=6)`.
 Requests are rows of a held-out frame (unseen categories included), 1 row and 1,000 rows:
 
-- node ensemble: `python -m tritonflow serve` on a repository of `<m>.preprocess` (ONNX from
-  plugin/exporters/tabular.py, one input per column), `<m>.forest` (Treelite checkpoint for FIL,
-  deployed by tritonflow.plugin.publish.deploy) and `<m>` (platform "ensemble", pinning both
+- node ensemble: `python -m tritonflow serve` on the repository tritonflow.plugin.publish.deploy
+  writes for the pipeline (as @deploy does): `<m>.preprocess` (ONNX, one input per column),
+  `<m>.forest` (Treelite checkpoint for FIL) and `<m>` (platform "ensemble", pinning both
   versions); tritonclient HTTP, binary tensors, strings as BYTES; client-side latency, so HTTP,
   encoding and the loopback hop are in it;
 - onnxruntime (whole): skl2onnx's conversion of the whole pipeline (the trees in ONNX Runtime's
@@ -246,7 +246,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{p['model']} on {p['features']} features. Requests: rows of a held-out frame "
         "(2% unseen categories).",
         "",
-        "- node ensemble: `python -m tritonflow serve` (engine auto), the ensemble `tabular` = "
+        "- node ensemble: `python -m tritonflow serve` (engine auto), the ensemble `tabular` @deploy's "
+        "path (tritonflow.plugin.publish.deploy) publishes = "
         "`tabular.preprocess` (ONNX, onnxruntime) -> `tabular.forest` (Treelite checkpoint, FIL config, "
         f"served by {report['node_forest_engine']}); "
         "tritonclient HTTP with binary tensors, one per column (strings as BYTES). **Client-side** "

@@ -1,8 +1,7 @@
 """The contenders of benchmarks/tabular.py: the data, the pipeline, and the three ways to serve it.
 
-The node's repository is written as @deploy will write an ensemble (its wiring comes next): the
-forest step by tritonflow.plugin.publish.deploy itself, the preprocessing step (plugin/exporters/
-tabular.py) and the ensemble config with their records through the repository's publish.
+The node's repository is what @deploy writes for the pipeline: tritonflow.plugin.publish.deploy
+with a DataFrame sample publishes it as a Triton ensemble (plugin/publish_ensemble.py).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ N_NUMERIC = 20
 MISSING = 0.05  # share of NaN in each float column
 MAX_BATCH = 1_024  # every model's max_batch_size: a 1,000-row request is one batch
 HELD_OUT = 1_000
+OUTPUT = "output__0"  # the ensemble's output: the forest step's, under its own name
 
 
 # -- data and model --------------------------------------------------------------------------------
@@ -68,88 +68,19 @@ def train(rows: int) -> tuple[Any, pd.DataFrame]:
 
 
 # -- the node's repository --------------------------------------------------------------------------
-def publish_ensemble(pipe: Any, sample: pd.DataFrame, repository: Path) -> None:
-    """`<m>.preprocess`, `<m>.forest` and the ensemble `<m>` pinning their versions, as @deploy will."""
-    from tritonflow.lineage.repository import ModelRepository
-    from tritonflow.plugin.exporters.tabular import FEATURES, columns_of, preprocess_onnx, split_pipeline
+def publish_ensemble(pipe: Any, sample: pd.DataFrame, repository: Path) -> Any:
+    """`<m>.preprocess`, `<m>.forest` and the ensemble `<m>` pinning their versions, published by
+    @deploy's own path (tritonflow.plugin.publish.deploy with a DataFrame sample); its record."""
     from tritonflow.plugin.options import parse_options
     from tritonflow.plugin.publish import Provenance, deploy
-    from tritonflow.serving import model_config
-    from tritonflow.serving.model_config import ConfigSpec, TensorSpec
 
-    split = split_pipeline(pipe)
-    assert split is not None, "the pipeline must split into preprocessing and a forest"
-    preprocess, forest = split
-    columns = columns_of(sample)
-    features = preprocess.transform(sample).astype(np.float32)
-    repo = ModelRepository(str(repository))
-
-    step = f"{MODEL}.preprocess"
-    spec = ConfigSpec(
-        name=step,
-        backend="onnxruntime",
-        inputs=tuple(TensorSpec(name, datatype, (1,)) for name, datatype in columns),
-        outputs=(TensorSpec(FEATURES, "FP32", (features.shape[1],)),),
-        max_batch_size=MAX_BATCH,
-    )
-    pre = _publish(
-        repo, step, model_config.build_config(spec), {"model.onnx": preprocess_onnx(preprocess, columns)}
-    )
-
-    attributes = {"name": f"{MODEL}.forest", "repository": str(repository), "format": "treelite"}
-    options = parse_options({**attributes, "max_batch_size": MAX_BATCH}, "BenchFlow", is_join=False)
+    attributes = {"name": MODEL, "repository": str(repository), "max_batch_size": MAX_BATCH}
+    options = parse_options(attributes, "BenchFlow", is_join=False)
     metaflow = {"flow": "BenchFlow", "run_id": "1", "task": "BenchFlow/1/train/1"}
-    tree = deploy(forest, options, sample=features, provenance=Provenance(metaflow=metaflow))
-
-    config = model_config.ModelConfig(name=MODEL, platform="ensemble", max_batch_size=MAX_BATCH)
-    for name, datatype in columns:
-        config.input.add(name=name, data_type=_config_type(datatype), dims=[1])
-    config.output.add(name="probabilities", data_type=_config_type("FP32"), dims=[2])
-    first = config.ensemble_scheduling.step.add(model_name=step, model_version=pre.version)
-    first.input_map.update({name: name for name, _ in columns})
-    first.output_map[FEATURES] = FEATURES
-    second = config.ensemble_scheduling.step.add(model_name=tree.model_name, model_version=tree.version)
-    second.input_map["input__0"] = FEATURES
-    second.output_map["output__0"] = "probabilities"
-    _publish(repo, MODEL, config, {})
-
-
-def _config_type(datatype: str) -> int:
-    from tritonflow.serving import datatypes
-    from tritonflow.serving.model_config import pb
-
-    return int(pb.DataType.Value(datatypes.to_config(datatype)))
-
-
-def _publish(repo: Any, name: str, config: Any, files: dict[str, bytes]) -> Any:
-    """One version with a deployment record, written through the repository as the plugin does."""
-    from tritonflow.lineage.records import DeploymentRecord, sha256_hex, utc_now
-    from tritonflow.serving import model_config
-
-    text = model_config.render(config)
-    model_config.check_config(text, where=f"the benchmark's config of {name!r}")
-    backend = config.backend or config.platform
-
-    def record(version: int) -> DeploymentRecord:
-        return DeploymentRecord(
-            deployment_id=f"{name}:{version}@BenchFlow/1",
-            model_name=name,
-            version=version,
-            created_at=utc_now(),
-            repository=repo.uri,
-            files=[
-                {"path": f"{version}/{f}", "sha256": sha256_hex(b), "size": len(b)} for f, b in files.items()
-            ],
-            format="onnx" if files else "ensemble",
-            backend=backend,
-            config={"sha256": sha256_hex(text.encode()), "text_length": len(text)},
-            signature=model_config.signature(config),
-            triton_version="",
-            exporter={},
-            metaflow={"flow": "BenchFlow", "run_id": "1", "task": "BenchFlow/1/train/1"},
-        )
-
-    return repo.publish(name, text, files, record, owner={"task": "BenchFlow/1/train/1", "model": name})
+    record = deploy(pipe, options, sample=sample, provenance=Provenance(metaflow=metaflow))
+    if record.format != "ensemble":
+        raise SystemExit(f"@deploy published the pipeline as {record.format}, not as an ensemble")
+    return record
 
 
 # -- contenders ---------------------------------------------------------------------------------------
@@ -172,7 +103,7 @@ def node_call(url: str, columns: list[tuple[str, str]]) -> tuple[Call, Any]:
     import tritonclient.http as client_module
 
     client = client_module.InferenceServerClient(url)
-    wanted = [client_module.InferRequestedOutput("probabilities", binary_data=True)]
+    wanted = [client_module.InferRequestedOutput(OUTPUT, binary_data=True)]
 
     def call(rows: pd.DataFrame) -> np.ndarray:
         tensors = []
@@ -180,7 +111,7 @@ def node_call(url: str, columns: list[tuple[str, str]]) -> tuple[Call, Any]:
             tensor = client_module.InferInput(name, list(values.shape), datatype)
             tensor.set_data_from_numpy(values, binary_data=True)
             tensors.append(tensor)
-        return client.infer(MODEL, tensors, outputs=wanted).as_numpy("probabilities")
+        return client.infer(MODEL, tensors, outputs=wanted).as_numpy(OUTPUT)
 
     return call, client
 

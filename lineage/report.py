@@ -43,6 +43,7 @@ def lineage_document(
             "format": record.format,
             "backend": record.backend,
             "files": record.files,
+            "steps": record.steps,
             "signature": record.signature,
             "config": record.config,
             "triton_version": record.triton_version,
@@ -180,6 +181,15 @@ def render_text(doc: dict[str, Any]) -> str:
             ("backend", f"{dep['backend']} ({dep['format']}), Triton {dep['triton_version']}"),
             ("signature", _signature(dep["signature"])),
             *[(f"file {f['path']}", f"{f['size']:,} bytes  sha256 {f['sha256'][:16]}") for f in dep["files"]],
+            *[
+                (f"step {s['step']}", f"{s['deployment_id']} ({s['backend']})")
+                for s in dep.get("steps") or []
+            ],
+            *[
+                (f"file {s['model']}/{f['path']}", f"{f['size']:,} bytes  sha256 {f['sha256'][:16]}")
+                for s in dep.get("steps") or []
+                for f in s["files"]
+            ],
         ],
     )
     _section(

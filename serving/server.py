@@ -22,7 +22,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ from tritonflow.serving.listeners import hold, listen, url
 from tritonflow.serving.mirror import Mirror
 from tritonflow.serving.probe import ProbeLimits
 from tritonflow.serving.settings import LOG_FORMAT
+from tritonflow.serving.workers import worker_count
 
 log = logging.getLogger("tritonflow.serving")
 
@@ -165,6 +166,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=FOREST_ENGINES,
         default="auto",
         help="what runs forest (FIL) models: nvForest, Treelite's GTIL, or auto (nvForest when installed)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=worker_count,
+        default=1,
+        metavar="N|auto",
+        help="worker processes sharing the ports, each with its own event loop and its own copy of "
+        "every model; auto: one per CPU (default: %(default)s)",
     )
     parser.add_argument(
         "--max-request-bytes",
@@ -408,8 +417,42 @@ def _restriction(text: str) -> Restriction:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def configure_logging(fmt: str = LOG_FORMAT) -> None:
+    logging.basicConfig(level=logging.INFO, format=fmt, handlers=[_LogHandler()])
+
+
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=[_LogHandler()])
+    configure_logging()
+    settings, options = _node(args)
+    # NOTE: last checks, so no error leaves a port bound; gRPC binds its port itself, held till then
+    http = listen(args.host, args.http_port, BACKLOG) if args.http_port else []
+    held = hold(args.host, args.grpc_port, BACKLOG, "--grpc-port") if args.grpc_port else []
+    metrics = listen(args.host, args.metrics_port, BACKLOG, "--metrics-port") if args.metrics_port else []
+    if args.workers > 1:
+        from tritonflow.serving.workers import Supervisor  # NOTE: only nodes with --workers need it
+
+        return Supervisor(args, [*http, *metrics], held).run()
+    return run_node(settings, options, [*http, *metrics], held)
+
+
+def serve_worker(
+    args: argparse.Namespace,
+    sockets: list[socket.socket],
+    held: list[socket.socket],
+    index: int,
+    run_dir: Path,
+) -> int:
+    """One worker of `--workers N` (serving/workers.py) on the supervisor's sockets."""
+    from tritonflow.serving.peers import Peers, WorkerApp
+
+    settings, options = _node(args)
+    return run_node(
+        settings, options, sockets, held, lambda app: WorkerApp(app, Peers(app, index, args.workers, run_dir))
+    )
+
+
+def _node(args: argparse.Namespace) -> tuple[Settings, dict[str, Any]]:
+    """Every check of the flags and the repository; the app's settings and uvicorn's options."""
     _check_repository(args.repository, args.cache_dir or default_cache_dir())
     if args.load_model and args.model_control_mode != "explicit":
         raise AccessError(
@@ -443,13 +486,7 @@ def main(args: argparse.Namespace) -> int:
         capture=_capture_settings(args),
         branch=args.branch,
     )
-    # NOTE: last checks, so no error leaves a port bound; gRPC binds its port itself, held till then
-    http = listen(args.host, args.http_port, BACKLOG) if args.http_port else []
-    held = hold(args.host, args.grpc_port, BACKLOG, "--grpc-port") if args.grpc_port else []
-    metrics = listen(args.host, args.metrics_port, BACKLOG, "--metrics-port") if args.metrics_port else []
-    app = create_app(settings, held)
-    config = uvicorn.Config(
-        app,
+    options = dict(
         host=args.host,
         port=args.http_port,
         loop="uvloop",
@@ -465,6 +502,19 @@ def main(args: argparse.Namespace) -> int:
         log_config=None,  # our logging setup above: one format for uvicorn's lines and ours
         server_header=False,
     )
-    server = Node(config, app, args.metrics_port)
-    server.run(sockets=[*http, *metrics])
+    return settings, options
+
+
+def run_node(
+    settings: Settings,
+    options: dict[str, Any],
+    sockets: list[socket.socket],
+    held: list[socket.socket],
+    wrap: Callable[[App], Any] | None = None,
+) -> int:
+    """The node on bound sockets until a signal stops it; 1 when it could not start. `wrap`: the ASGI
+    app uvicorn runs around the App (a worker's, serving/peers.py)."""
+    app = create_app(settings, held)
+    server = Node(uvicorn.Config(wrap(app) if wrap else app, **options), app, settings.metrics_port)
+    server.run(sockets=sockets)
     return 0 if server.started else 1

@@ -35,13 +35,16 @@ def _flow_module() -> Any:
     return module
 
 
-def _deploy(repo: Path, model: Any, sample: Any, run: str, **attributes: Any) -> Any:
+def _deploy(repo: Path, model: Any, sample: Any, run: str, labels: Any = None, **attributes: Any) -> Any:
+    named = {"sample": "X_val", **({"labels": "y_val"} if labels is not None else {})}
     options = parse_options(
-        {"name": MODEL, "repository": str(repo), **attributes}, "TabularFlow", is_join=False
+        {"name": MODEL, "repository": str(repo), **named, **attributes}, "TabularFlow", False
     )
-    metaflow = {"flow": "TabularFlow", "run_id": run, "task": f"TabularFlow/{run}/train/2"}
+    provenance = Provenance(
+        metaflow={"flow": "TabularFlow", "run_id": run, "task": f"TabularFlow/{run}/train/2"}
+    )
     return deploy(
-        model, options, sample=sample, provenance=Provenance(metaflow=metaflow), sample_name="X_val"
+        model, options, sample=sample, provenance=provenance, sample_name="X_val", sample_labels=labels
     )
 
 
@@ -51,7 +54,8 @@ def trained() -> dict[str, Any]:
     X, X_val = flow.frame(1500, 0), flow.frame(300, 1)
     first = flow.build("onehot-xgb").fit(X, flow.labels(X))
     second = flow.build("onehot-xgb").set_params(gbm__n_estimators=3, gbm__max_depth=2).fit(X, flow.labels(X))
-    return {"first": first, "second": second, "X_val": X_val, "X_test": flow.frame(100, 2, unseen=0.1)}
+    test = flow.frame(100, 2, unseen=0.1)
+    return {"first": first, "second": second, "X_val": X_val, "y_val": flow.labels(X_val), "X_test": test}
 
 
 def _steps(response: Any) -> str:
@@ -91,7 +95,7 @@ def test_champion_and_canary_run_their_own_steps_and_a_rollback_moves_the_steps(
 
     # promote v2, then roll back: the ensemble's config pins the champion's steps, for Triton too
     promote(ModelRepository(str(repo)), MODEL, 2, champion_config, reason="v2 is better", replacing=1)
-    # NOTE: until the node follows the promotion, v2 answers half the requests as the canary: wait for v1 to go
+    # NOTE: until the node follows the promotion, v2 answers half the requests as canary: wait for v1 to go
     wait_for(lambda: server.index_row(MODEL, 1).get("state") != "READY", what="v1 unloaded")
     assert infer_frame(server.url, MODEL, frame)[1] == two.deployment_id
     assert _pinned(repo) == {"tabular.preprocess": 2, "tabular.forest": 2}
@@ -105,6 +109,25 @@ def test_champion_and_canary_run_their_own_steps_and_a_rollback_moves_the_steps(
     np.testing.assert_allclose(served, native[1], atol=1e-5)
     answer = server.client.infer(MODEL, _inputs(server, frame)).get_response()["parameters"]
     assert answer[STEPS_PARAMETER] == "tabular.preprocess:1,tabular.forest:1", (answer, server.index())
+
+
+def test_if_better_scores_the_new_ensemble_and_the_champion_through_its_pinned_steps(trained, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    repo = tmp_path / "repo"
+    X_val, y_val = trained["X_val"], trained["y_val"]
+    _deploy(repo, trained["first"], X_val, "1")
+    worse = _deploy(repo, trained["second"], X_val, "2", labels=y_val, promote="if_better:roc_auc")
+    evaluation = worse.release["evaluation"]
+    assert not worse.release["promoted"] and evaluation["champion"]["version"] == 1
+    for model, score in (
+        (trained["first"], evaluation["champion"]["score"]),
+        (trained["second"], evaluation["new"]),
+    ):
+        assert score == pytest.approx(roc_auc_score(y_val, model.predict_proba(X_val)[:, 1]), abs=1e-6)
+    assert read_state(ModelRepository(str(repo)), MODEL).champion == 1
+    assert _pinned(repo) == {"tabular.preprocess": 1, "tabular.forest": 1}
+    assert _served_versions(repo, "tabular.forest") == [1]  # a challenger's steps serve nowhere yet
 
 
 def test_requests_that_do_not_fit_the_columns_are_refused_by_name(trained, tmp_path, serve):
