@@ -23,6 +23,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 from tritonflow.lineage import layout
@@ -303,8 +304,8 @@ def apply_state(repository: ModelRepository, state: ReleaseState, policy: Config
         ]
         for step, version in pins.items():
             also = {p[step] for p in pinned if step in p}
-            _rewrite(repository, step, lambda text, v=version, a=also: policy(text, v, also=a))
-    return _rewrite(repository, state.model, lambda text: policy(text, state.champion, pins=pins))
+            _rewrite(repository, step, partial(policy, champion=version, also=also))
+    return _rewrite(repository, state.model, partial(policy, champion=state.champion, pins=pins))
 
 
 def step_pins(repository: ModelRepository, model: str, version: int) -> dict[str, int]:
