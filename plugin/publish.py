@@ -133,12 +133,7 @@ def deploy(
                 "sample": sample_name,
                 **model_config.signature(config),
             },
-            format=export.format,
-            backend=export.backend,
-            triton_version=options.triton_version,
-            exporter=export.versions,
-            model={**export.model_info, "n_classes": export.n_classes, "parity": parity},
-            release=decision.to_record(),
+            **export_fields(export, options, parity, decision),
             reference=_file_entry(version, REFERENCE_FILE, reference) if reference is not None else None,
         )
 
@@ -181,6 +176,21 @@ def new_record(
         selection=provenance.selection,
         **parts,
     )
+
+
+def export_fields(
+    export: Any, options: DeployOptions, parity: dict[str, Any] | None, decision: promotion.Decision | None
+) -> dict[str, Any]:
+    """The record's fields that say what an export is (a model's, an ensemble's or a step's)."""
+    model = {**export.model_info, "n_classes": export.n_classes, **({"parity": parity} if parity else {})}
+    return {
+        "format": export.format,
+        "backend": export.backend,
+        "triton_version": options.triton_version,
+        "exporter": export.versions,
+        "model": model,
+        "release": decision.to_record() if decision else None,
+    }
 
 
 def _file_entry(version: int, name: str, data: bytes) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from tritonflow.plugin.exporters.base import Export
 from tritonflow.plugin.exporters.tabular import EnsembleExport
 from tritonflow.plugin.options import DeployOptions
 from tritonflow.plugin.parity import check_ensemble_parity, ensemble_predictor, published_predictor
-from tritonflow.plugin.publish import Provenance, check_signature, config_summary, new_record
+from tritonflow.plugin.publish import Provenance, check_signature, config_summary, export_fields, new_record
 from tritonflow.plugin.signature import SAMPLE_ROWS
 from tritonflow.serving import labels, model_config
 from tritonflow.serving.release_policy import champion_config
@@ -114,12 +114,7 @@ def deploy_ensemble(
                 "sample": sample_name,
                 **model_config.signature(final.config),
             },
-            format=export.format,
-            backend=export.backend,
-            triton_version=options.triton_version,
-            exporter=export.versions,
-            model={**export.model_info, "n_classes": export.n_classes, "parity": parity},
-            release=decision.to_record(),
+            **export_fields(export, options, parity, decision),
             steps=[
                 {
                     "step": step,
@@ -216,11 +211,7 @@ def _publish_step(
             export.files,
             config=config_summary(written, checked.beside),
             signature=model_config.signature(checked.config),
-            format=export.format,
-            backend=export.backend,
-            triton_version=options.triton_version,
-            exporter=export.versions,
-            model={**export.model_info, "n_classes": export.n_classes},
+            **export_fields(export, options, None, None),
         )
 
     return repository.publish(

@@ -5,7 +5,6 @@ ensemble, and requests that do not fit the columns get a 400 naming the column w
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import wait_for
+from tabular_data import tabular_flow
 
 from tritonflow.client import FrameError, infer_frame
 from tritonflow.lineage.releases import promote, read_state, rollback, set_canary
@@ -23,16 +23,6 @@ from tritonflow.serving.ensemble import STEPS_PARAMETER
 from tritonflow.serving.release_policy import champion_config
 
 MODEL = "tabular"
-FLOW = Path(__file__).parents[1] / "plugin" / "flows" / "tabular_flow.py"
-
-
-def _flow_module() -> Any:
-    """The tabular flow's data and models (frame, labels, build), without running the flow."""
-    spec = importlib.util.spec_from_file_location("tabular_flow_data", FLOW)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _deploy(repo: Path, model: Any, sample: Any, run: str, labels: Any = None, **attributes: Any) -> Any:
@@ -50,7 +40,7 @@ def _deploy(repo: Path, model: Any, sample: Any, run: str, labels: Any = None, *
 
 @pytest.fixture(scope="module")
 def trained() -> dict[str, Any]:
-    flow = _flow_module()
+    flow = tabular_flow()
     X, X_val = flow.frame(1500, 0), flow.frame(300, 1)
     first = flow.build("onehot-xgb").fit(X, flow.labels(X))
     second = flow.build("onehot-xgb").set_params(gbm__n_estimators=3, gbm__max_depth=2).fit(X, flow.labels(X))

@@ -9,7 +9,6 @@ its own ensemble scheduler over our Python-based `onnxruntime` and `fil` backend
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from servers import wait_for
+from tabular_data import tabular_flow
 from test_triton_compat import deploy_direct
 from tritonclient.utils import InferenceServerException
 
@@ -28,20 +28,11 @@ from tritonflow.serving.release_policy import champion_config
 
 ATOL = 1e-5
 KINDS = ("onehot-xgb", "ordinal-hgb", "lightgbm")
-FLOW = Path(__file__).resolve().parents[1] / "plugin" / "flows" / "tabular_flow.py"
 
 pytestmark = pytest.mark.slow
 
 
-def _load_flow() -> Any:
-    spec = importlib.util.spec_from_file_location("tabular_flow", FLOW)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-flow = _load_flow()
+flow = tabular_flow()
 
 
 @dataclass(frozen=True)
