@@ -159,6 +159,17 @@ class DataPlane:
             more = f" (and {len(unserved) - 1} more)" if len(unserved) > 1 else ""
             raise ServerNotReady(f"model {name!r} is not serving: {unserved[name]}{more}")
 
+    # NOTE: the node's readiness, statistics and metrics, which every transport answers: one worker's own
+    # here; a worker of `--workers N` replaces these three with the whole node's (serving/peers.py)
+    async def node_ready(self) -> None:
+        self.server_ready()
+
+    async def node_stats(self, model: str | None, version: str | None) -> dict[str, Any]:
+        return self.model_stats(model, version)
+
+    async def node_metrics(self) -> bytes:
+        return self.metrics()
+
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "tritonflow", "version": __version__, "extensions": EXTENSIONS}
 

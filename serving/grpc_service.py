@@ -60,7 +60,7 @@ async def server_live(plane: DataPlane, request: Any, context: Context) -> pb.Se
 
 async def server_ready(plane: DataPlane, request: Any, context: Context) -> pb.ServerReadyResponse:
     try:
-        plane.server_ready()
+        await plane.node_ready()
     except ServerNotReady:
         return pb.ServerReadyResponse(ready=False)  # NOTE: Triton's gRPC answers not ready, not an error
     return pb.ServerReadyResponse(ready=True)
@@ -98,7 +98,7 @@ async def model_statistics(
     plane: DataPlane, request: pb.ModelStatisticsRequest, context: Context
 ) -> pb.ModelStatisticsResponse:
     name, version = target(request.name, request.version) if request.name else (None, None)
-    return ParseDict(plane.model_stats(name, version), pb.ModelStatisticsResponse())
+    return ParseDict(await plane.node_stats(name, version), pb.ModelStatisticsResponse())
 
 
 async def repository_index(

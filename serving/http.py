@@ -101,7 +101,7 @@ async def live(plane: DataPlane, req: Request) -> Response:
 
 
 async def ready(plane: DataPlane, req: Request) -> Response:
-    plane.server_ready()
+    await plane.node_ready()
     return EMPTY
 
 
@@ -123,7 +123,7 @@ async def model_config(plane: DataPlane, req: Request) -> Response:
 
 
 async def model_stats(plane: DataPlane, req: Request) -> Response:
-    return json_response(plane.model_stats(req.params.get("model"), req.params.get("version")))
+    return json_response(await plane.node_stats(req.params.get("model"), req.params.get("version")))
 
 
 async def lineage(plane: DataPlane, req: Request) -> Response:
@@ -131,7 +131,7 @@ async def lineage(plane: DataPlane, req: Request) -> Response:
 
 
 async def metrics(plane: DataPlane, req: Request) -> Response:
-    return Response(200, plane.metrics(), [(b"content-type", CONTENT_TYPE_LATEST.encode())])
+    return Response(200, await plane.node_metrics(), [(b"content-type", CONTENT_TYPE_LATEST.encode())])
 
 
 async def repository_index(plane: DataPlane, req: Request) -> Response:

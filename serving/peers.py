@@ -2,18 +2,17 @@
 
 Every worker listens on a Unix socket in the supervisor's run folder (`worker-<i>.sock`) and answers
 the others' questions from its own App: its /metrics text, its statistics, its readiness and the
-versions it serves, or a load/unload to apply. The worker that a client's request reaches answers
-it first as a single node would (access rules, 404s and all), then, for the few requests that
-concern the whole node, asks the others:
+versions it serves, or a load/unload to apply. The few data plane calls that concern the whole node
+are replaced by the node's, so HTTP and gRPC answer them alike; the worker a request reaches checks
+it first as a single node would (access rules, 404s and all), then asks the others:
 
-- `/metrics` and the statistics endpoints: the sum over every worker that answers
-  (serving/worker_sums.py), plus per-worker samples (which worker served how many, its memory);
-- `/v2/health/ready`: ready only when every worker is ready and they all serve the same versions;
-- repository load/unload (mode explicit, over HTTP or gRPC): applied by every worker, answered once;
-  the intent is kept in the run folder, so a restarted worker applies it before it takes requests.
+- metrics and statistics: the sum over every worker that answers (serving/worker_sums.py), plus
+  per-worker samples in /metrics (which worker served how many, its memory);
+- server readiness: ready only when every worker is ready and they all serve the same versions;
+- repository load/unload (mode explicit): applied by every worker, answered once; the intent is
+  kept in the run folder, so a restarted worker applies it before it takes requests.
 
-Over gRPC, statistics and readiness are the reached worker's own (the sums above are HTTP's).
-Nothing here runs per inference request: the wrapper passes every other request straight through.
+Nothing here runs per inference request.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import functools
 import json
 import logging
 import os
-import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.serving.app import App
-from tritonflow.serving.errors import JSON_TYPE, ServerNotReady, ServingError, render
+from tritonflow.serving.errors import ServerNotReady, ServingError
 from tritonflow.serving.http import Receive, Scope, Send
 from tritonflow.serving.worker_sums import family_total, sum_expositions, sum_statistics
 
@@ -42,7 +40,6 @@ log = logging.getLogger("tritonflow.serving")
 # NOTE: a peer answers between its requests; a busy one may take a while for its counts, but one
 # that cannot say it is ready within a probe's time is not
 PEER_TIMEOUT_S = {"metrics": 10.0, "stats": 10.0, "control": 60.0, "state": 2.0}
-STATS_PATH = re.compile(r"/v2/models(?:/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?)?/stats/?")
 WORKER_METRICS = (
     ("tritonflow_worker_resident_memory_bytes", "gauge", "Resident memory of each worker process"),
     ("tritonflow_worker_requests", "counter", "Inference requests each worker answered, all its models"),
@@ -112,9 +109,12 @@ class Peers:
         self._server: asyncio.AbstractServer | None = None
         plane = app.plane
         self._own = {"load": plane.load, "unload": plane.unload}
-        # NOTE: every transport's load and unload go through the plane: there they reach every worker
+        # NOTE: every transport goes through the plane: there these reach every worker
         plane.load = functools.partial(self.everywhere, "load")
         plane.unload = functools.partial(self.everywhere, "unload")
+        plane.node_ready = self.node_ready
+        plane.node_stats = self.node_stats
+        plane.node_metrics = self.node_metrics
 
     async def start(self) -> None:
         """Apply the node's load/unload intent, then answer the others (from then on this worker counts)."""
@@ -150,6 +150,33 @@ class Peers:
         for answer in await self.ask({"op": "control", "model": model, "action": action}):
             if answer is not None and "error" in answer:
                 raise PeerRefused(answer["worker"], answer["error"], answer["status"])
+
+    async def node_ready(self) -> None:
+        """Ready only when this worker is, and every other one is and serves the same versions."""
+        own = self.own({"op": "state"})
+        if "error" in own:
+            raise ServerNotReady(own["error"])
+        for index, answer in zip(self.others, await self.ask({"op": "state"}), strict=True):
+            if answer is None:
+                raise ServerNotReady(f"worker {index} is not answering (starting or restarting)")
+            if "error" in answer:
+                raise ServerNotReady(f"worker {index}: {answer['error']}")
+            if answer["serving"] != own["serving"]:
+                mine, theirs = (", ".join(a["serving"]) or "none" for a in (own, answer))
+                raise ServerNotReady(
+                    f"the workers serve different versions: worker {self.index} {mine}, "
+                    f"worker {index} {theirs}"
+                )
+
+    async def node_stats(self, model: str | None, version: str | None) -> dict[str, Any]:
+        """The statistics summed over the workers; this worker's checks (an unknown model) first."""
+        own = self.app.plane.model_stats(model, version)
+        others = await self.ask({"op": "stats", "model": model, "version": version})
+        return sum_statistics([own, *(a["stats"] for a in others if a is not None and "stats" in a)])
+
+    async def node_metrics(self) -> bytes:
+        answers = [self.own({"op": "metrics"}), *await self.ask({"op": "metrics"})]
+        return _metrics(a for a in answers if a is not None).encode()
 
     def own(self, question: dict[str, Any]) -> dict[str, Any]:
         """This worker's answer to a question (those needing no wait; `control` is answered by _answer)."""
@@ -216,20 +243,14 @@ async def _read(reader: asyncio.StreamReader) -> Any:
 
 
 class WorkerApp:
-    """The worker's ASGI app: its App, with the node-wide requests answered for every worker."""
+    """The worker's ASGI app: its App, joining the other workers once started and leaving them at stop."""
 
     def __init__(self, app: App, peers: Peers) -> None:
         self.app = app
         self.peers = peers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.app(scope, receive, self._lifespan_send(send))
-            return
-        if self._node_wide_request(scope):
-            await self._node_wide(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        await self.app(scope, receive, self._lifespan_send(send) if scope["type"] == "lifespan" else send)
 
     def _lifespan_send(self, send: Send) -> Send:
         async def forward(message: dict[str, Any]) -> None:
@@ -240,60 +261,6 @@ class WorkerApp:
             await send(message)
 
         return forward
-
-    @staticmethod
-    def _node_wide_request(scope: Scope) -> bool:
-        path = scope["path"]
-        return scope["method"] == "GET" and (
-            path in ("/metrics", "/v2/health/ready") or STATS_PATH.fullmatch(path) is not None
-        )
-
-    async def _node_wide(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """This worker's answer first (every check a single node makes); when it succeeds, the node's."""
-        status, headers, body = await _respond(self.app, scope, receive)
-        if status == 200:
-            status, body = await self._node_answer(scope, body)
-        headers = [(k, v) for k, v in headers if k != b"content-length"]
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-length", str(len(body)).encode()), *headers],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-    async def _node_answer(self, scope: Scope, own: bytes) -> tuple[int, bytes]:
-        path = scope["path"]
-        if path == "/metrics":
-            answers = [self.peers.own({"op": "metrics"}), *await self.peers.ask({"op": "metrics"})]
-            return 200, _metrics(a for a in answers if a is not None).encode()
-        if path == "/v2/health/ready":
-            return self._readiness(self.peers.own({"op": "state"}), await self.peers.ask({"op": "state"}))
-        stats = STATS_PATH.fullmatch(path)
-        assert stats is not None
-        others = await self.peers.ask({"op": "stats", **stats.groupdict()})
-        answers = [json.loads(own), *(a["stats"] for a in others if a is not None and "stats" in a)]
-        return 200, json.dumps(sum_statistics(answers)).encode()
-
-    def _readiness(self, own: dict[str, Any], others: list[dict[str, Any] | None]) -> tuple[int, bytes]:
-        for index, answer in zip(self.peers.others, others, strict=True):
-            if answer is None:
-                return _not_ready(f"worker {index} is not answering (starting or restarting)")
-            if "error" in answer:
-                return _not_ready(f"worker {index}: {answer['error']}")
-            if answer["serving"] != own["serving"]:
-                mine, theirs = (", ".join(a["serving"]) or "none" for a in (own, answer))
-                return _not_ready(
-                    f"the workers serve different versions: worker {self.peers.index} {mine}, "
-                    f"worker {index} {theirs}"
-                )
-        return 200, b""
-
-
-def _not_ready(reason: str) -> tuple[int, bytes]:
-    status, body, _ = render(ServerNotReady(reason))
-    return status, body
 
 
 def _metrics(answers: Any) -> str:
@@ -308,17 +275,3 @@ def _metrics(answers: Any) -> str:
         lines += [f"# HELP {name} {doc}", f"# TYPE {name} {kind}"]
         lines += [f'{name}{{pid="{a["pid"]}",worker="{a["worker"]}"}} {int(read(a))}' for a in answers]
     return sum_expositions(a["text"] for a in answers) + "\n".join(lines) + "\n"
-
-
-async def _respond(app: App, scope: Scope, receive: Receive) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """The App's own response to a request, held instead of sent."""
-    held: dict[str, Any] = {"status": 500, "headers": [JSON_TYPE], "body": b""}
-
-    async def hold(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            held["status"], held["headers"] = message["status"], list(message.get("headers", []))
-        elif message["type"] == "http.response.body":
-            held["body"] += message.get("body", b"")
-
-    await app(scope, receive, hold)
-    return held["status"], held["headers"], held["body"]

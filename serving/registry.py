@@ -1,4 +1,4 @@
-"""The loaded models, `{name: {version: ModelVersion}}`, and how they change: load new, swap, retire old.
+"""The loaded models, `{name: Model}` (served_model.py), and how they change: load new, swap, retire old.
 
 Never on the hot path except `resolve` and `route`, a pair of dict lookups (and a hash for a canary).
 What serves is what config.pbtxt selects, plus the release state's canary and shadow (read from the
@@ -17,76 +17,27 @@ import logging
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tritonflow.lineage import layout
 from tritonflow.lineage.errors import NotFound, TritonflowError
-from tritonflow.lineage.releases import ReleaseState, read_state
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.serving.batcher import Traffic
 from tritonflow.serving.capture import Capture
 from tritonflow.serving.ensemble import load_ensemble, rebound
 from tritonflow.serving.ensemble_config import is_ensemble, step_models
 from tritonflow.serving.errors import InvalidVersion, LoadFailed, ModelNotFound
-from tritonflow.serving.labels import folder_reader, label_files, model_files, read_labels
+from tritonflow.serving.labels import label_files, read_labels
 from tritonflow.serving.loading import Loader, Refusal, VersionRefused, refusal
 from tritonflow.serving.mirror import Mirror
-from tritonflow.serving.model_config import (
-    ConfigError,
-    ModelConfig,
-    check_config,
-    parse_config,
-    served_versions,
-)
+from tritonflow.serving.model_config import ModelConfig, check_config
+from tritonflow.serving.model_read import ModelFiles, read_model
 from tritonflow.serving.model_version import ModelVersion
 from tritonflow.serving.routing import Routing, champion_of, routing
+from tritonflow.serving.served_model import Model
 from tritonflow.serving.shadow import Shadow
 
 log = logging.getLogger("tritonflow.serving")
-
-ModelFiles = dict[str, bytes | None]  # the labels files a config names -> their bytes (None: absent)
-
-
-@dataclass
-class Model:
-    """What the server knows of one model name: its serving versions and why others do not serve."""
-
-    name: str
-    config: ModelConfig | None = None  # the config the serving versions were loaded under
-    # the config.pbtxt text and the labels files it names (None: absent) last examined, valid or not
-    seen_config: tuple[str, ModelFiles] | None = None
-    config_error: str | None = None  # why that text was refused, while it stays as it is
-    versions: dict[int, ModelVersion] = field(default_factory=dict)  # replaced whole, never mutated
-    routing: Routing | None = None  # where unversioned requests go; None: no champion serves
-    release: ReleaseState | None = None  # the release log as last read (None: no decision, or unread)
-    release_error: str | None = None  # why the release log last failed to read
-    published: list[int] = field(default_factory=list)
-    refused: dict[int, Refusal] = field(default_factory=dict)
-    loading: set[int] = field(default_factory=set)
-    unloaded: bool = False  # by an unload request (mode explicit), until a load request
-    source: ModelRepository | None = None  # where it was last read from when not the repository (the mirror)
-
-    def why_not(self, version: int) -> str:
-        """Why a published version is not serving."""
-        if self.unloaded:
-            return "unloaded by request"
-        if version in self.loading:
-            return "loading"
-        if version in self.refused:
-            return self.refused[version].reason
-        if self.config is None and self.config_error:
-            return self.config_error
-        return "not selected by the config's version_policy"
-
-    def why_none(self) -> str:
-        """Why no version serves."""
-        if self.unloaded:
-            return "unloaded by request"
-        if self.config_error and self.config is None:
-            return self.config_error
-        reasons = [f"version {v}: {self.why_not(v)}" for v in self.published]
-        return "; ".join(reasons) or "no published version (a version folder needs its deployment.json)"
 
 
 class Registry:
@@ -106,9 +57,7 @@ class Registry:
     def resolve(self, name: str, version: str | None) -> ModelVersion:
         """The serving version asked for; no version: the champion (never the canary: metadata,
         readiness and config questions get one stable answer)."""
-        model = self.models.get(name)
-        if model is None:
-            raise ModelNotFound(name)
+        model = self._model(name)
         if not version:
             return self._routing(model).champion
         number = layout.parse_version(version)
@@ -128,10 +77,7 @@ class Registry:
         an explicit version is never redirected, nor copied to the shadow."""
         if version:
             return self.resolve(name, version), None
-        model = self.models.get(name)
-        if model is None:
-            raise ModelNotFound(name)
-        routing = self._routing(model)
+        routing = self._routing(self._model(name))
         target = routing.pick(request_id)
         return target, routing.shadow if target is routing.champion else None
 
@@ -142,7 +88,13 @@ class Registry:
         return routing.role(mv.version) if routing is not None else "challenger"
 
     def shadows(self) -> list[Shadow]:
-        return [m.routing.shadow for m in self.models.values() if m.routing and m.routing.shadow]
+        return [m.shadow for m in self.models.values() if m.shadow is not None]
+
+    def _model(self, name: str) -> Model:
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFound(name)
+        return model
 
     def _routing(self, model: Model) -> Routing:
         if model.routing is None:
@@ -186,7 +138,9 @@ class Registry:
                 model.unloaded = False
                 model.seen_config = None  # re-check the config and reload every version
             try:
-                text, files, versions, release = await asyncio.to_thread(_read, repository, name, published)
+                text, files, versions, release = await asyncio.to_thread(
+                    read_model, repository, name, published
+                )
             except NotFound:
                 self._drop(name)
                 if requested:
@@ -198,7 +152,7 @@ class Registry:
                     self._drop(name)
                 raise
             model.published, model.source = versions, source
-            self._follow(model, release)
+            model.follow(release)
             await self._apply(model, text, files, repository, set(retry))
             if requested and (model.config_error or not model.versions):
                 raise LoadFailed(name, model.config_error or model.why_none())
@@ -206,9 +160,7 @@ class Registry:
     async def unload(self, name: str) -> None:
         """Stop serving every version of `name` until a load request (an unload request)."""
         async with self._lock:
-            model = self.models.get(name)
-            if model is None:
-                raise ModelNotFound(name)
+            model = self._model(name)
             model.unloaded = True
             self._swap(model, {})
 
@@ -223,8 +175,8 @@ class Registry:
             serving = self.serving()
             for name in list(self.models):
                 model = self.models.pop(name)
-                if model.routing is not None and model.routing.shadow is not None:
-                    model.routing.shadow.stop()
+                if model.shadow is not None:
+                    model.shadow.stop()
                 for mv in model.versions.values():
                     mv.retire()  # NOTE: not _drop: the mirror keeps what served, for the next start
         for mv in serving:
@@ -232,20 +184,7 @@ class Registry:
 
     def index(self) -> list[dict[str, str]]:
         """Triton's repository index, refused and unselected versions included with their reason."""
-        rows = []
-        for name in sorted(self.models):
-            model = self.models[name]
-            if not model.published and model.config_error:
-                rows.append(_row(name, "", "UNAVAILABLE", model.config_error))
-            for version in model.published:
-                if version in model.versions:
-                    note = model.config_error and f"serving the previous config: {model.config_error}"
-                    rows.append(_row(name, str(version), "READY", note or ""))
-                elif version in model.loading:
-                    rows.append(_row(name, str(version), "LOADING", ""))
-                else:
-                    rows.append(_row(name, str(version), "UNAVAILABLE", model.why_not(version)))
-        return rows
+        return [row for name in sorted(self.models) for row in self.models[name].index_rows()]
 
     # -- internals -----------------------------------------------------------------------------
     async def _apply(
@@ -273,11 +212,7 @@ class Registry:
             o: found for o in label_files(config) if (found := read_labels(config, o, files.get)) is not None
         }
         while True:
-            targets = served_versions(config, candidates)
-            state = model.release
-            # NOTE: the release state's canary and shadow serve beside what the config selects
-            extra = [v for v in (state.canary, state.shadow) if v in candidates] if state else []
-            targets += [v for v in extra if v not in targets]
+            targets = model.targets(config, candidates)
             missing = [v for v in targets if v not in loaded]
             if not missing:
                 break
@@ -377,23 +312,9 @@ class Registry:
         except Exception as exc:  # NOTE: the watcher's next poll tries again; a task must not fail unseen
             log.warning("retrying %s after its step changed failed: %s", name, exc)
 
-    def _follow(self, model: Model, release: ReleaseState | str | None) -> None:
-        """Take the release log as read (a string: why it did not read; the last state read stays,
-        or none: what config.pbtxt serves, served as before releases). Logged once per problem."""
-        if not isinstance(release, str):
-            if model.release_error is not None:
-                log.warning("the release log of %s reads again", model.name)
-            model.release, model.release_error = release, None
-            return
-        if release != model.release_error:
-            log.error(
-                "cannot follow the release log of %s, serving what config.pbtxt says: %s", model.name, release
-            )
-        model.release_error = release
-
     def _swap(self, model: Model, serving: dict[int, ModelVersion]) -> None:
         old = model.versions
-        before = model.routing.shadow if model.routing is not None else None
+        before = model.shadow
         shadow = _shadow(model, serving, self.repository.uri, self.loader.settings.engine, self.capture)
         if before is not None and before is not shadow:
             before.stop()
@@ -425,26 +346,6 @@ class Registry:
             log.warning("could not update the mirror %s: %s", self.mirror.root, exc)
 
 
-def _read(
-    repository: ModelRepository, name: str, published: Sequence[int] | None
-) -> tuple[str, ModelFiles, list[int], ReleaseState | str | None]:
-    """The config text, the labels files it names, the published versions and the release state
-    (None: no decision yet; a string: why it does not read) (blocking: in a thread)."""
-    text = repository.read_config(name)
-    try:
-        names = model_files(parse_config(text))
-    except ConfigError:  # its check says why
-        names = []
-    read = folder_reader(repository.store, name)
-    files = {file: read(file) for file in names}
-    versions = repository.versions(name) if published is None else list(published)
-    try:
-        state = read_state(repository, name)
-    except Exception as exc:  # NOTE: the log only adds to config.pbtxt: whatever breaks it, serve on
-        return text, files, versions, str(exc) or type(exc).__name__
-    return text, files, versions, state if state.events else None
-
-
 def _shadow(
     model: Model, serving: dict[int, ModelVersion], repository: str, engine: str, capture: Capture | None
 ) -> Shadow | None:
@@ -456,7 +357,7 @@ def _shadow(
     champion = champion_of(serving, state)
     if target is None or champion is None or target is champion:
         return None
-    running = model.routing.shadow if model.routing is not None else None
+    running = model.shadow
     if running is not None and running.champion is champion and running.target is target:
         return running
     return Shadow(model.name, champion, target, repository, engine, capture)
@@ -472,7 +373,3 @@ def _settle_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-
-
-def _row(name: str, version: str, state: str, reason: str) -> dict[str, str]:
-    return {"name": name, "version": version, "state": state, "reason": reason}

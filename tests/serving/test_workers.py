@@ -2,7 +2,8 @@
 
 Each test runs a real node subprocess (a supervisor and its two workers) and talks to it over
 loopback with tritonclient (HTTP and gRPC) or raw connections: requests spread over the workers,
-/metrics and the statistics count each request exactly once, a version swap and load/unload reach
+/metrics and the statistics (HTTP and gRPC) count each request exactly once, readiness (both) waits for
+every worker, a version swap and load/unload reach
 both workers, a worker killed with SIGKILL is replaced while the other answers, SIGTERM drains.
 """
 
@@ -25,6 +26,7 @@ import tritonclient.http as httpclient
 from conftest import PROBA_ATOL, Server, forest, publish, wait_for
 from test_connections import WAIT_S, expect_continue, head, infer_body
 from test_reload import X, infer
+from tritonclient.utils import InferenceServerException
 
 from tritonflow.serving.worker_sums import family_total, sum_expositions, sum_statistics
 
@@ -115,6 +117,12 @@ def test_requests_over_both_workers_are_counted_exactly_once(serve, local_repo):
     assert stats[0]["inference_stats"]["success"]["count"] == total
     assert stats[0]["inference_count"] == sent["rows"]
     assert sum(b["compute_infer"]["count"] for b in stats[0]["batch_stats"]) == stats[0]["execution_count"]
+    for _ in range(4):  # NOTE: gRPC's statistics are the node's too, whichever worker a channel reaches
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        (over_grpc,) = client.get_inference_statistics(MODEL, as_json=True)["model_stats"]
+        client.close()
+        assert int(over_grpc["inference_stats"]["success"]["count"]) == total
+        assert int(over_grpc["inference_count"]) == sent["rows"]
 
     per_worker = worker_samples(server, "tritonflow_worker_requests")
     assert sorted(per_worker) == [0, 1] and sum(count for _, count in per_worker.values()) == total
@@ -174,6 +182,17 @@ def test_ready_only_while_every_worker_answers(serve, local_repo):
             return body.decode() if status == 503 else None
 
         assert "worker 0" in wait_for(refused, timeout=WAIT_S, what="not ready with worker 0 stopped")
+
+        def refused_over_grpc() -> bool | None:
+            client = grpcclient.InferenceServerClient(server.grpc_url)
+            try:
+                return client.is_server_ready(client_timeout=2) is False or None
+            except InferenceServerException:  # NOTE: a channel that reached the stopped worker
+                return None
+            finally:
+                client.close()
+
+        assert wait_for(refused_over_grpc, timeout=WAIT_S, what="gRPC not ready with worker 0 stopped")
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_for(lambda: ready(server), what="ready again")
