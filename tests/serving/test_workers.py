@@ -4,7 +4,8 @@ Each test runs a real node subprocess (a supervisor and its two workers) and tal
 loopback with tritonclient (HTTP and gRPC) or raw connections: requests spread over the workers,
 /metrics and the statistics (HTTP and gRPC) count each request exactly once, readiness (both) waits for
 every worker, a version swap and load/unload reach
-both workers, a worker killed with SIGKILL is replaced while the other answers, SIGTERM drains.
+both workers, an S3 repository over TLS with capture is served and captured once per request, a
+worker killed with SIGKILL is replaced while the other answers, SIGTERM drains.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -24,10 +26,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from conftest import PROBA_ATOL, Server, forest, publish, wait_for
+from test_capture import counter, local_files, read_files
 from test_connections import WAIT_S, expect_continue, head, infer_body
 from test_reload import X, infer
+from test_tls import certificate
 from tritonclient.utils import InferenceServerException
 
+from tritonflow.lineage import capture_layout as layout
 from tritonflow.serving.worker_sums import family_total, sum_expositions, sum_statistics
 
 MODEL = "fraud-classifier"
@@ -36,9 +41,9 @@ INFER = f"/v2/models/{MODEL}/infer"
 FRESH = 40  # requests on connections of their own: each one is handed to whichever worker accepts it
 
 
-def node(serve, repository, *args: str) -> Server:
+def node(serve, repository, *args: str, **options: object) -> Server:
     """A --workers 2 node once ready: every worker serves (live answers as soon as one does)."""
-    server = serve(repository, *WORKERS, *args)
+    server = serve(repository, *WORKERS, *args, **options)
     wait_for(lambda: ready(server), timeout=WAIT_S, what="ready")
     return server
 
@@ -320,3 +325,23 @@ def test_sums_add_amounts_keep_markers_and_match_entries_by_version():
         {"batch_size": 1, "compute_infer": {"count": 3, "ns": 3}},
         {"batch_size": 4, "compute_infer": {"count": 2, "ns": 2}},
     ]
+
+
+def test_workers_serve_an_s3_repository_over_tls_and_capture_each_request_once(serve, s3_bucket, tmp_path):
+    record = publish(s3_bucket, MODEL, forest(0), run_id="1000000000000001")
+    cert, key, _ = certificate(tmp_path, "node")
+    context = ssl.create_default_context(cafile=cert)
+    root = tmp_path / "captures"
+    capture = ("--capture", str(root), "--capture-window-s", "0.5")
+    server = node(serve, s3_bucket, "--tls-cert", str(cert), "--tls-key", str(key), *capture, tls=context)
+    sent = 0
+    while sent < FRESH or not served_by_both(server):  # NOTE: HTTPS connections of their own
+        answer = infer(server, conn=http.client.HTTPSConnection("127.0.0.1", server.port, context=context))
+        assert (answer.status, answer.deployment) == (200, record.deployment_id)
+        np.testing.assert_allclose(answer.outputs, forest(0).proba(X), atol=PROBA_ATOL)
+        sent += 1
+    rows = sent * len(X)
+    wait_for(lambda: counter(server, "tritonflow_capture_rows_total") == rows, what="every row written")
+    captured = read_files(local_files(root))
+    assert captured.num_rows == rows  # each worker's files, none overwriting another's
+    assert set(captured.column(layout.DEPLOYMENT_ID).to_pylist()) == {record.deployment_id}
