@@ -182,15 +182,20 @@ def work() -> None:
     spec, index, alive, served, held = sys.argv[1:6]
     from tritonflow.serving import server  # NOTE: the serving stack, imported in the worker only
 
-    args = pickle.loads(Path(spec).read_bytes())
+    args, run_dir = pickle.loads(Path(spec).read_bytes()), Path(spec).parent
     server.configure_logging(WORKER_LOG_FORMAT.format(index=index))
-    threading.Thread(target=_stop_with_supervisor, args=(int(alive),), daemon=True).start()
+    orphaned = threading.Event()
+    threading.Thread(target=_stop_with_supervisor, args=(int(alive), orphaned), daemon=True).start()
     sockets = [socket.socket(fileno=int(fd)) for fd in served.split(",") if fd]
     grpc = [socket.socket(fileno=int(fd)) for fd in held.split(",") if fd]
-    sys.exit(server.serve_worker(args, sockets, grpc, int(index), Path(spec).parent))
+    code = server.serve_worker(args, sockets, grpc, int(index), run_dir)
+    if orphaned.is_set():  # NOTE: no supervisor is left to remove the run folder; a peer still draining
+        shutil.rmtree(run_dir, ignore_errors=True)  # only finds this worker's socket gone
+    sys.exit(code)
 
 
-def _stop_with_supervisor(fd: int) -> None:
+def _stop_with_supervisor(fd: int, orphaned: threading.Event) -> None:
     """Blocks until the supervisor's end of the pipe closes (it exited, or was killed), then drains."""
     os.read(fd, 1)
+    orphaned.set()
     os.kill(os.getpid(), signal.SIGTERM)

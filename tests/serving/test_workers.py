@@ -20,6 +20,7 @@ import ssl
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,11 +260,14 @@ def test_workers_whose_supervisor_is_killed_drain_and_exit(local_repo, tmp_path)
     try:
         wait_for(lambda: ready(server), timeout=WAIT_S, what="ready")
         workers = pids(server)
+        spec = Path(Path(f"/proc/{workers[0]}/cmdline").read_bytes().split(b"\0")[3].decode())
+        assert spec.name == "spec.pickle" and spec.exists()
         server.process.kill()
         server.process.wait()
         for pid in workers.values():
             wait_for(lambda pid=pid: not os.path.exists(f"/proc/{pid}"), timeout=WAIT_S, what=f"{pid} gone")
         assert server.log_text().count("Application shutdown complete") == 2, server.log_text()
+        assert not spec.parent.exists()  # the run folder, removed by the workers the supervisor left
     finally:
         server.stop()
 
