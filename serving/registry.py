@@ -190,7 +190,7 @@ class Registry:
     async def _apply(
         self, model: Model, text: str, files: ModelFiles, repository: ModelRepository, retry: set[int]
     ) -> None:
-        config, fresh = model.config, False
+        config, fresh, seen = model.config, False, model.seen_config
         if (text, files) != model.seen_config:
             model.seen_config = (text, files)
             where = f"{repository.uri}/{layout.config_key(model.name)}"
@@ -231,12 +231,19 @@ class Registry:
                     model.loading.discard(version)
         serving = {v: loaded[v] for v in targets}
         if fresh and model.versions and not serving and refused:
+            for mv in loaded.values():
+                mv.retire()
+            if all(r.kind == "steps" for r in refused.values()):
+                # NOTE: an ensemble's config read before its new steps serve (a deploy writes them first,
+                # a poll may read them after): the previous config serves until they do, and this text
+                # is tried again when a step swaps (_rebind) or at the next poll
+                model.seen_config = seen
+                model.refused.update(refused)
+                return
             model.config_error = "no version loads under the new config.pbtxt: " + "; ".join(
                 f"version {v}: {refused[v].reason}" for v in sorted(refused)
             )
             log.error("kept the previous config of %s: %s", model.name, model.config_error)
-            for mv in loaded.values():
-                mv.retire()
             return
         model.config, model.refused = config, refused
         if fresh:  # only accepting a new text clears the error of a refused one
