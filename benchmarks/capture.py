@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from machine import preamble, write_report
+from serving_contenders import running, tritonflow_contender
 from shadow import MODEL, N_FEATURES, deploy
 from side_by_side import arguments, measure, medians, metrics_text
-
-from serving import running, tritonflow_contender
 
 CONNECTIONS = (64,)
 NODES = ("capture off", "capture on")

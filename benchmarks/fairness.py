@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import RESULTS, machine
-
-from serving import BenchModel, Contender, latency_summary, running, say, train
+from machine import RESULTS, machine, say
+from serving_client import latency_summary
+from serving_contenders import Contender, running
+from serving_models import BenchModel, train
 
 LARGE_ROWS = 8_192
 # Imports tritonflow from the source tree named by argv[1] (its pyproject's flat layout: tritonflow/,

@@ -12,6 +12,16 @@ from typing import Any
 RESULTS = Path(__file__).parent / "results"
 
 
+def load_average() -> list[float]:
+    """1, 5 and 15-minute load averages, rounded: printed before each round, recorded with each result."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def say(*parts: object) -> None:
+    """A progress line, flushed: a long benchmark's log shows where it is."""
+    print(" ", *parts, flush=True)
+
+
 def machine() -> dict[str, Any]:
     """CPU model, cores, memory, platform and load average (other work on the machine skews timings)."""
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
@@ -27,7 +37,7 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(mem_kb / 2**20, 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average": load_average(),
     }
 
 

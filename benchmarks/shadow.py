@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 from machine import preamble, write_report
+from serving_contenders import running, tritonflow_contender
 from side_by_side import arguments, measure, medians, metrics_text
-
-from serving import running, tritonflow_contender
 
 MODEL = "shadowed"
 N_FEATURES = 30

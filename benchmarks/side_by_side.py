@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import RESULTS
-
-from serving import ensure_wrk, rotated, say, single_row, wrk, wrk_script
+from machine import RESULTS, say
+from serving_client import ensure_wrk, single_row, wrk, wrk_script
+from serving_contenders import rotated
 
 FIGURES = ("requests_per_s", "p50_ms", "p99_ms")
 

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from machine import RESULTS, preamble, write_report
+from serving_contenders import model_engine, rotated, running, tritonflow_contender
 from tabular_contenders import (
     CATEGORIES,
     HELD_OUT,
@@ -54,8 +55,6 @@ from tabular_contenders import (
     train,
     whole_onnx,
 )
-
-from serving import model_engine, rotated, running, tritonflow_contender
 
 TOLERANCE = 1e-6
 BATCHES = (1, HELD_OUT)

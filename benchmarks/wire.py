@@ -35,9 +35,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from machine import RESULTS, machine, write_result
-
-import serving
+from machine import RESULTS, machine, say, write_result
+from serving_client import latency_summary
+from serving_contenders import (
+    TRITON,
+    Contender,
+    free_port,
+    running,
+    triton_env,
+    triton_or_skip,
+    tritonflow_contender,
+)
+from serving_models import BenchModel, publish, train
 
 MODEL = "starter-rf"
 BIG_ROWS = 65_536
@@ -67,9 +76,9 @@ class Endpoint:
 
 
 # -- servers -----------------------------------------------------------------------------------------
-def node(repository: Path, workdir: Path) -> tuple[serving.Contender, list[Endpoint]]:
-    grpc_port = serving.free_port()
-    contender = serving.tritonflow_contender("tritonflow", repository, MODEL, "auto", workdir=workdir)
+def node(repository: Path, workdir: Path) -> tuple[Contender, list[Endpoint]]:
+    grpc_port = free_port()
+    contender = tritonflow_contender("tritonflow", repository, MODEL, "auto", workdir=workdir)
     contender.command[contender.command.index("--grpc-port") + 1] = str(grpc_port)
     return contender, [
         Endpoint("tritonflow http", "tritonflow", "http", contender.url()),
@@ -77,12 +86,10 @@ def node(repository: Path, workdir: Path) -> tuple[serving.Contender, list[Endpo
     ]
 
 
-def triton(
-    launch: serving.triton_env.Backends, repository: Path, workdir: Path
-) -> tuple[serving.Contender, list[Endpoint]]:
-    grpc_port = serving.free_port()
-    command = launch.command(repository, "{port}", grpc_port, serving.free_port())
-    contender = serving.Contender(serving.TRITON, "kserve", MODEL, command, workdir / "triton.log")
+def triton(launch: triton_env.Backends, repository: Path, workdir: Path) -> tuple[Contender, list[Endpoint]]:
+    grpc_port = free_port()
+    command = launch.command(repository, "{port}", grpc_port, free_port())
+    contender = Contender(TRITON, "kserve", MODEL, command, workdir / "triton.log")
     contender.env = launch.environ()
     return contender, [
         Endpoint("triton grpc", "triton", "grpc", f"127.0.0.1:{grpc_port}"),
@@ -185,7 +192,7 @@ def shared_regions(client: Any, rows: np.ndarray, classes: int) -> Iterator[tupl
     """Input and output regions, registered once: the request then carries only their names."""
     import tritonclient.utils.shared_memory as shm
 
-    tag = f"bench{serving.free_port()}"
+    tag = f"bench{free_port()}"
     in_bytes, out_bytes = rows.nbytes, len(rows) * classes * 4
     regions = [
         (f"{tag}_in", f"/{tag}_in", shm.create_shared_memory_region(f"{tag}_in", f"/{tag}_in", in_bytes)),
@@ -225,7 +232,7 @@ def _unregister(client: Any, tries: int = 20) -> None:
             time.sleep(0.1)
 
 
-def big_requests(endpoint: Endpoint, model: serving.BenchModel, calls: int, shared: bool) -> dict[str, Any]:
+def big_requests(endpoint: Endpoint, model: BenchModel, calls: int, shared: bool) -> dict[str, Any]:
     """Rows/s of BIG_ROWS-row requests (median call), checked against the native model's classes."""
     import tritonclient.utils.shared_memory as shm
 
@@ -267,9 +274,9 @@ def _timed(call: Callable[[], Any]) -> float:
 
 
 # -- the run -----------------------------------------------------------------------------------------
-def run(plan: Plan, launch: serving.triton_env.Backends | None, workdir: Path) -> dict[str, Any]:
-    model = serving.train(MODEL, quick=plan is QUICK)
-    repository = serving.publish(model, workdir / "repositories", gpu=False)["fil"]
+def run(plan: Plan, launch: triton_env.Backends | None, workdir: Path) -> dict[str, Any]:
+    model = train(MODEL, quick=plan is QUICK)
+    repository = publish(model, workdir / "repositories", gpu=False)["fil"]
     contenders, endpoints = [], []
     for contender, found in [node(repository, workdir)] + (
         [triton(launch, repository, workdir)] if launch else []
@@ -278,19 +285,19 @@ def run(plan: Plan, launch: serving.triton_env.Backends | None, workdir: Path) -
         endpoints += found
     latencies: dict[str, dict[str, list[np.ndarray]]] = {}
     load: dict[str, list[dict[str, Any]]] = {}
-    with serving.running(contenders):
+    with running(contenders):
         for round_no in range(plan.rounds):
             order = endpoints[round_no % len(endpoints) :] + endpoints[: round_no % len(endpoints)]
             for endpoint in order:
                 for call, times in one_at_a_time(endpoint, model.rows, plan.requests).items():
                     latencies.setdefault(endpoint.label, {}).setdefault(call, []).append(times)
                     p50 = f"{np.median(times) * 1e3:.3f} ms"
-                    serving.say(f"round {round_no + 1} {endpoint.label}: {call} p50 {p50}")
+                    say(f"round {round_no + 1} {endpoint.label}: {call} p50 {p50}")
             for endpoint in order:
                 stats = in_flight(endpoint, model.rows, plan.load_s)
                 load.setdefault(endpoint.label, []).append(stats)
                 rate = f"{stats['requests_per_s']:,.0f} req/s"
-                serving.say(f"round {round_no + 1} {endpoint.label}: {IN_FLIGHT} in flight {rate}")
+                say(f"round {round_no + 1} {endpoint.label}: {IN_FLIGHT} in flight {rate}")
         big = []
         for endpoint in endpoints:
             for shared in (False, True):
@@ -301,10 +308,10 @@ def run(plan: Plan, launch: serving.triton_env.Backends | None, workdir: Path) -
                 }
                 big.append(row)
                 how = " shared memory" if shared else ""
-                serving.say(f"{BIG_ROWS} rows {endpoint.label}{how}: {row['rows_per_s']:,.0f} rows/s")
+                say(f"{BIG_ROWS} rows {endpoint.label}{how}: {row['rows_per_s']:,.0f} rows/s")
     single = {
         label: {
-            **serving.latency_summary(np.concatenate(calls["infer"])),
+            **latency_summary(np.concatenate(calls["infer"])),
             "round_p50_ms": [float(np.median(r)) * 1e3 for r in calls["infer"]],
             "live_p50_ms": float(np.median(np.concatenate(calls["live"]))) * 1e3,
         }
@@ -410,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tritonflow-wire-") as tmp:
         workdir = Path(tmp)
         # NOTE: serving.py's own choice of Triton (or why not), with the same flags
-        result = run(plan, serving.triton_or_skip(args, workdir, skipped), workdir)
+        result = run(plan, triton_or_skip(args, workdir, skipped), workdir)
     report = {"quick": args.quick, "plan": plan.__dict__, "skipped": skipped, "result": result}
     path = write_result("wire", report, args.out)
     text = markdown({**report, "machine": machine()})

@@ -39,13 +39,17 @@ def test_serving_benchmark_quick_covers_every_contender(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "serving.json").read_text())
     markdown = (tmp_path / "serving.md").read_text()
     assert (tmp_path / "serving_latency.png").read_bytes().startswith(b"\x89PNG")
-    expected = {"tritonflow treelite", "tritonflow onnxruntime", "fastapi (starter pack)"}
-    if importlib.util.find_spec("nvforest"):
-        expected.add("tritonflow nvforest")
+    engine = "nvforest" if importlib.util.find_spec("nvforest") else "treelite"
+    workers = {"1": f"tritonflow {engine}", "2": f"tritonflow {engine} --workers 2"}
+    if (os.cpu_count() or 1) > 2:
+        workers["auto"] = f"tritonflow {engine} --workers auto"
+    expected = {"tritonflow treelite", "tritonflow onnxruntime", "fastapi (starter pack)", *workers.values()}
     [result] = report["models"]
     timed = {row["contender"] for row in result["sequential"]}
     assert expected <= timed
-    assert {row["contender"] for row in result["batch"]} == timed
+    assert result["workers"] == workers and report["workers_auto"] == os.cpu_count()
+    # NOTE: the workers nodes are timed (sequential, wrk) but not batch-scored
+    assert {row["contender"] for row in result["batch"]} == timed - {workers["2"], workers.get("auto")}
     assert any(label.endswith("batching off") for label in (s["contender"] for s in result["servers"]))
     assert all(row["p50_ms"] > 0 for row in result["sequential"])
     assert all(row["agreement"] > 0.99 for row in result["batch"])
@@ -53,8 +57,19 @@ def test_serving_benchmark_quick_covers_every_contender(tmp_path: Path) -> None:
         assert f"| {label} |" in markdown
     assert report["skipped"] == {"load tests (wrk)": "--no-load-generator", "Triton": "--no-triton"}
     assert report["machine"]["cores"] == os.cpu_count() and report["machine"]["cpu"]
-    treelite = next(s for s in result["servers"] if s["contender"] == "tritonflow treelite")
-    assert not treelite["nvforest_mapped"], "--engine treelite must not load nvForest"
+    servers = {s["contender"]: s for s in result["servers"]}
+    assert not servers["tritonflow treelite"]["nvforest_mapped"], "--engine treelite must not load nvForest"
+    two = servers[workers["2"]]
+    assert (two["workers"], two["engine"]) == ("2", servers[workers["1"]]["engine"])
+    assert two["processes"] > servers[workers["1"]]["processes"], "a supervisor and two workers"
+    assert two["nvforest_mapped"] == (engine == "nvforest"), "read from the workers, not the supervisor"
+    assert f"| 2 | {workers['2']} |" in markdown, "the workers table"
+    auto_note = f"`--workers auto` starts os.cpu_count() = {os.cpu_count()} worker(s)"
+    assert (auto_note in markdown) == ("auto" not in workers)
+    rows = {(row["target"], row["contender"]): row for row in report["targets"]}
+    versus_one = rows["p50 at c1: --workers 2 / --workers 1", workers["2"]]
+    assert versus_one["value"] > 0 and versus_one["met"] is not None
+    assert rows["req/s at c64: --workers 2 / Triton", workers["2"]]["met"] is None, "no Triton, no wrk"
 
 
 def test_deploy_overhead_quick(tmp_path: Path) -> None:
