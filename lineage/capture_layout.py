@@ -8,7 +8,9 @@ anything else under the root (a temp file, a foreign file) is not a capture and 
 
 One Parquet row per row of a request (a batch of 8 rows is 8 captured rows sharing a request id):
 the columns below, then `input.<tensor name>` (absent with `--capture-inputs none`) and
-`output.<tensor name>`, each a list of the row's values, flattened, as the model got or gave them.
+`output.<tensor name>`, each a list of the row's values, flattened, as the model got or gave them:
+numbers in the tensor's own type, BYTES tensors (an ensemble's string columns, classification labels)
+as strings (files written before those were strings hold them as binary; readers take both).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """`tritonflow drift MODEL:VERSION --captures ROOT`: the version's captured traffic against the training
-data profiled at deploy time; exit 1 when a feature or the prediction drifted, so CI or cron can act."""
+data profiled at deploy time (a tabular ensemble's per column, string columns by their values' shares);
+exit 1 when a feature or the prediction drifted, so CI or cron can act."""
 
 from __future__ import annotations
 
@@ -30,7 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="PSI above X is drift (0.2)",
     )
     parser.add_argument(
-        "--ks-threshold", type=positive, default=Thresholds.ks, metavar="X", help="KS above X is drift (0.2)"
+        "--ks-threshold",
+        type=positive,
+        default=Thresholds.ks,
+        metavar="X",
+        help="KS above X is drift (0.2); numeric columns only: string columns are compared by PSI alone",
     )
     parser.add_argument("--json", action="store_true", help="print the drift document as JSON")
     parser.add_argument("--html", type=Path, metavar="FILE", help="also write a report with a plot per drift")

@@ -1,5 +1,6 @@
 """The drift check as one self-contained HTML file: the table, and a plot per drifting column
-(reference vs captured share per bin), each an embedded PNG. Needs matplotlib (the `monitor` extra)."""
+(reference vs captured share per bin, or per value for a categorical column), each an embedded
+PNG. Needs matplotlib (the `monitor` extra)."""
 
 from __future__ import annotations
 
@@ -51,20 +52,25 @@ def write_html(doc: dict[str, Any], path: Path) -> None:
 
 def _plot(pyplot: Any, item: dict[str, Any]) -> bytes:
     bins = item["bins"]
-    edges = bins["edges"]
-    labels = [f"<= {edges[0]:.3g}"] if edges else []
-    labels += [f"{a:.3g}..{b:.3g}" for a, b in zip(edges, edges[1:], strict=False)]
-    labels += [f"> {edges[-1]:.3g}" if edges else "all", "missing"]
+    labels = bins["labels"] if "labels" in bins else _bin_labels(bins["edges"])
     figure, axes = pyplot.subplots(figsize=(8, 3))
     positions = range(len(labels))
     axes.bar([p - 0.2 for p in positions], bins["reference"], width=0.4, label="reference (training)")
     axes.bar([p + 0.2 for p in positions], bins["current"], width=0.4, label="captured")
     axes.set_xticks(list(positions), labels, rotation=45, ha="right", fontsize=7)
     axes.set_ylabel("share of rows")
-    axes.set_title(f"{item['name']}: PSI {item['psi']:.3f}, KS {item['ks'] or 0:.3f}")
+    ks = "" if item["ks"] is None else f", KS {item['ks']:.3f}"
+    axes.set_title(f"{item['name']}: PSI {item['psi']:.3f}{ks}")
     axes.legend()
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80)
     pyplot.close(figure)
     return buffer.getvalue()
+
+
+def _bin_labels(edges: list[float]) -> list[str]:
+    """A numeric column's bins, (-inf, e0] ... (ek, inf), then missing."""
+    labels = [f"<= {edges[0]:.3g}"] if edges else []
+    labels += [f"{a:.3g}..{b:.3g}" for a, b in zip(edges, edges[1:], strict=False)]
+    return [*labels, f"> {edges[-1]:.3g}" if edges else "all", "missing"]

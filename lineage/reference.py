@@ -9,6 +9,16 @@ describe: {"kind": "training" (the training task's feature matrices, e.g. X_trai
 "artifacts": [{"name", "sha" (the record's `data` sha; null for the sample), "rows"}], "rows"}; `rows` is
 the rows profiled before the subsample (each artifact capped at a million). Triton and the node ignore
 the file; the record lists it with its sha256, so a reader knows it is the profile of that version's data.
+
+Schema v1 (one-tensor models): the features are the columns of the one input tensor, in order, all
+numeric. Schema v2 (tabular ensembles) adds `"layout": "columns"`: each feature is the model input of
+its name (a DataFrame column the clients send), with a `kind`. A `"numeric"` feature holds the entries
+above; a `"categorical"` one (a string or category column) holds `values` (its most frequent values,
+at most MAX_CATEGORIES, most frequent first, as the clients send them: str of the value), `shares`
+(each one's share of the non-missing rows), `other` (the share of the non-missing rows holding any
+other value), `distinct` (how many values the data held) and `missing` (the share of rows missing:
+None, NaN or "", which clients send for a missing string). Both schemas read; v1 files are still
+written for one-tensor models, so an older tritonflow reads them too.
 """
 
 from __future__ import annotations
@@ -23,8 +33,12 @@ from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.records import DeploymentRecord, sha256_hex
 from tritonflow.lineage.store import Store
 
-SCHEMA = "tritonflow.reference/v1"
+SCHEMA = "tritonflow.reference/v1"  # one-tensor models: features are the input's columns
+COLUMNS_SCHEMA = "tritonflow.reference/v2"  # ensembles: features are the inputs, by name
 FILE = "reference.json"
+LAYOUT_COLUMNS = "columns"
+NUMERIC, CATEGORICAL = "numeric", "categorical"
+MAX_CATEGORIES = 50  # values kept per categorical column; the rest count as "other"
 
 
 class NoReference(TritonflowError):
@@ -66,9 +80,21 @@ def read_reference(store: Store, record: DeploymentRecord) -> dict[str, Any]:
             f"the file was changed after the deploy; {redeploy}"
         )
     profile: dict[str, Any] = json.loads(data)
-    if profile.get("schema") != SCHEMA:
+    if profile.get("schema") not in (SCHEMA, COLUMNS_SCHEMA):
         raise NoReference(
-            f"the {FILE} of {record.deployment_id} has schema {profile.get('schema')!r}, not {SCHEMA!r}: "
+            f"the {FILE} of {record.deployment_id} has schema {profile.get('schema')!r}, not {SCHEMA!r} "
+            f"or {COLUMNS_SCHEMA!r}: "
             f"{redeploy} with this tritonflow"
         )
     return profile
+
+
+def by_column(profile: dict[str, Any]) -> bool:
+    """Whether the profile's features are model inputs by name (an ensemble's columns), not the
+    columns of one input tensor."""
+    return profile.get("layout") == LAYOUT_COLUMNS
+
+
+def kind(feature: dict[str, Any]) -> str:
+    """A feature's kind; v1 features, which carry none, are numeric."""
+    return str(feature.get("kind", NUMERIC))

@@ -23,7 +23,7 @@ from tritonflow.plugin.remote import check_repository_travels, metaflow_command,
 from tritonflow.plugin.source_identity import file_identity, run_git_info
 
 if TYPE_CHECKING:  # NOTE: imported when a task deploys (numpy), not in every Metaflow process
-    from tritonflow.plugin.reference import DataRows
+    from tritonflow.plugin.reference import DataRows, FrameRows
 
 # Artifact types (class names, as Metaflow stores them) that count as training data in the record.
 _DATA_TYPES = ("ndarray", "DataFrame", "Series", "scipy.sparse", "Table", "IncludedFile")
@@ -302,14 +302,15 @@ class DeployDecorator(StepDecorator):
             for name in names
         ]
 
-    def _training_rows(self, data: list[dict[str, Any]]) -> list[DataRows]:
-        """The training task's matrices (not the sample or labels) as DataRows for the reference
-        profile, loaded one at a time and capped in rows, so memory stays bounded."""
-        from tritonflow.plugin.reference import data_rows
+    def _training_rows(self, data: list[dict[str, Any]]) -> list[DataRows | FrameRows]:
+        """The training task's matrices (not the sample or labels) for the reference profile: numeric
+        ones as DataRows, DataFrames with string or category columns as FrameRows (an ensemble's),
+        loaded one at a time and capped in rows, so memory stays bounded."""
+        from tritonflow.plugin.reference import training_artifact
 
         skip = {self.options.sample, self.options.labels, self.options.model}
         loaded = (
-            data_rows(entry["name"], entry["sha"], self.training_task[entry["name"]])
+            training_artifact(entry["name"], entry["sha"], self.training_task[entry["name"]])
             for entry in data
             if entry["name"] not in skip and any(t in (entry["type"] or "") for t in _MATRIX_TYPES)
         )

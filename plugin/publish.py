@@ -19,11 +19,17 @@ from tritonflow.lineage.reference import FILE as REFERENCE_FILE
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.plugin import promotion
 from tritonflow.plugin.exporters import config_spec, export_model
-from tritonflow.plugin.exporters.tabular import export_ensemble
+from tritonflow.plugin.exporters.tabular import ANY_WIDTH, VARIABLE_WIDTH, export_ensemble
 from tritonflow.plugin.model_checks import check_trained
 from tritonflow.plugin.options import DeployOptions
 from tritonflow.plugin.parity import check_parity
-from tritonflow.plugin.reference import DataRows, profile_bytes, reference_profile, sample_matrix
+from tritonflow.plugin.reference import (
+    DataRows,
+    FrameRows,
+    profile_bytes,
+    reference_profile,
+    sample_matrix,
+)
 from tritonflow.plugin.signature import describe
 from tritonflow.serving import labels, model_config
 from tritonflow.serving.release_policy import champion_config
@@ -50,7 +56,7 @@ def deploy(
     provenance: Provenance,
     sample_name: str | None = None,
     sample_labels: Any = None,
-    training_data: Sequence[DataRows] = (),
+    training_data: Sequence[DataRows | FrameRows] = (),
 ) -> DeploymentRecord:
     """Publish `model` as the next version of `options.name`; return its deployment record. A
     Pipeline of preprocessing and trees with a DataFrame sample is published as a Triton ensemble
@@ -68,7 +74,9 @@ def deploy(
     if ensemble is not None:
         from tritonflow.plugin.publish_ensemble import deploy_ensemble  # NOTE: it builds on this module
 
-        return deploy_ensemble(ensemble, options, sample, provenance, sample_name, sample_labels)
+        return deploy_ensemble(
+            ensemble, options, sample, provenance, sample_name, sample_labels, training_data
+        )
     signature = describe(model, sample)
     export = export_model(model, options.format, signature.n_features, options.triton_version)
     spec = config_spec(
@@ -134,7 +142,7 @@ def deploy(
                 **model_config.signature(config),
             },
             **export_fields(export, options, parity, decision),
-            reference=_file_entry(version, REFERENCE_FILE, reference) if reference is not None else None,
+            reference=file_entry(version, REFERENCE_FILE, reference) if reference is not None else None,
         )
 
     record = repository.publish(
@@ -168,7 +176,7 @@ def new_record(
         version=version,
         created_at=utc_now(),
         repository=repository.uri,
-        files=[_file_entry(version, file, data) for file, data in sorted(files.items())],
+        files=[file_entry(version, file, data) for file, data in sorted(files.items())],
         exporter={**parts.pop("exporter"), "python": platform.python_version()},
         metaflow=provenance.metaflow,
         data=provenance.data,
@@ -193,7 +201,7 @@ def export_fields(
     }
 
 
-def _file_entry(version: int, name: str, data: bytes) -> dict[str, Any]:
+def file_entry(version: int, name: str, data: bytes) -> dict[str, Any]:
     return {"path": f"{version}/{name}", "sha256": sha256_hex(data), "size": len(data)}
 
 
@@ -204,9 +212,12 @@ def check_signature(
     name: str,
     repository: ModelRepository,
 ) -> None:
-    """The deploy keeps the model's signature and, once the model has a labels file, its classes."""
+    """The deploy keeps the model's signature and, once the model has a labels file, its classes.
+    An ensemble step's `features` tensor may change width (VARIABLE_WIDTH): this deploy's config
+    leaves it variable, so it serves the earlier versions (of any width) too."""
     existing = model_config.parse_config(current, where=f"{name}/config.pbtxt")
-    before, after = model_config.signature(existing), model_config.signature(config)
+    after = model_config.signature(config)
+    before = _any_width(model_config.signature(existing), after)
     new_name = "deploy under a new name (@deploy(name=...)) or use another repository"
     if before != after:
         raise SignatureChanged(
@@ -222,6 +233,22 @@ def check_signature(
             f"but this deploy's are {list(classes) or 'none'}: a model name keeps its classes in their "
             f"order, so {new_name}"
         )
+
+
+def _any_width(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """`before` with the width of a VARIABLE_WIDTH tensor as [ANY_WIDTH] where `after` has it so
+    (a step config written with a fixed width, before widths could vary); every other dim kept."""
+
+    def tensors(kind: str) -> list[dict[str, Any]]:
+        variable = {t["name"] for t in after[f"{kind}s"] if t["dims"] == [ANY_WIDTH]}
+        return [
+            {**t, "dims": [ANY_WIDTH]}
+            if (kind, t["name"]) in VARIABLE_WIDTH and t["name"] in variable and len(t["dims"]) == 1
+            else t
+            for t in before[f"{kind}s"]
+        ]
+
+    return {**before, "inputs": tensors("input"), "outputs": tensors("output")}
 
 
 def config_summary(text: str, beside: dict[str, bytes]) -> dict[str, Any]:

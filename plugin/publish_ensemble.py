@@ -2,21 +2,25 @@
 `<name>` pinning the step versions it was exported with.
 
 Every check (the three configs, the parity gate through the ensemble's steps, the signatures, the
-promote decision) runs before the repository is touched. The steps are published first, as models
-of their own with their own records (their configs keep serving what they served: a new step
+promote decision) runs before the repository is touched; a retried task that published it all
+already gets that version back before anything is decided again. The steps are published first, as
+models of their own with their own records (their configs keep serving what they served: a new step
 version serves only once an ensemble version that pins it does); the ensemble's version last, its
-record listing the steps. The release state is the ensemble's: promoting, rolling back or setting
-a canary moves its steps with it (lineage/releases.apply_state).
+record listing the steps and its reference profile (per column: plugin/reference.ensemble_profile).
+The release state is the ensemble's: promoting, rolling back or setting a canary moves its steps
+with it (lineage/releases.apply_state).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tritonflow.lineage import layout, releases
 from tritonflow.lineage.errors import NotFound
 from tritonflow.lineage.records import DeploymentRecord, sha256_hex
+from tritonflow.lineage.reference import FILE as REFERENCE_FILE
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.plugin import promotion
 from tritonflow.plugin.exporters import config_spec
@@ -24,7 +28,15 @@ from tritonflow.plugin.exporters.base import Export
 from tritonflow.plugin.exporters.tabular import EnsembleExport
 from tritonflow.plugin.options import DeployOptions
 from tritonflow.plugin.parity import check_ensemble_parity, ensemble_predictor, published_predictor
-from tritonflow.plugin.publish import Provenance, check_signature, config_summary, export_fields, new_record
+from tritonflow.plugin.publish import (
+    Provenance,
+    check_signature,
+    config_summary,
+    export_fields,
+    file_entry,
+    new_record,
+)
+from tritonflow.plugin.reference import DataRows, FrameRows, ensemble_profile, profile_bytes
 from tritonflow.plugin.signature import SAMPLE_ROWS
 from tritonflow.serving import labels, model_config
 from tritonflow.serving.release_policy import champion_config
@@ -52,8 +64,10 @@ def deploy_ensemble(
     provenance: Provenance,
     sample_name: str | None = None,
     sample_labels: Any = None,
+    training_data: Sequence[DataRows | FrameRows] = (),
 ) -> DeploymentRecord:
-    """Publish the pipeline as the next version of the ensemble `options.name`; its record."""
+    """Publish the pipeline as the next version of the ensemble `options.name`; its record. Its
+    reference profile describes the `training_data` frames with the sample's columns (else the sample)."""
     name, models = options.name, export.step_models(options.name)
     steps = {
         step: _checked(
@@ -73,6 +87,14 @@ def deploy_ensemble(
 
     repository = ModelRepository(options.repository)
     task = provenance.metaflow.get("task", "")
+    exports = dict(export.steps)
+    previous = _published_by(repository, name, models, exports, task)
+    if previous is not None:  # NOTE: a retried task that had published it all: settle, never re-decide
+        promotion.settle(repository, previous)
+        return previous
+    reference = profile_bytes(
+        ensemble_profile(sample, sample_name, training_data, export.columns, export.native_predict)
+    )
     classes = ensemble.spec.labels
     decision = promotion.decide(
         options.promote,
@@ -84,22 +106,16 @@ def deploy_ensemble(
         classes,
         published=lambda version: published_predictor(repository, name, version)(frame),
     )
-    exports = dict(export.steps)
     published = {
         step: _publish_step(repository, models[step], exports[step], steps[step], provenance, options, task)
         for step in models
     }
-    pins = {models[step]: record.version for step, record in published.items()}
     final = _checked(_ensemble_spec(export, options, {step: r.version for step, r in published.items()}))
     if decision.champion is None:
         written = final.text
     else:
         kept = releases.step_pins(repository, name, decision.champion)
         written = champion_config(final.text, decision.champion, pins=kept)
-    previous = repository.find_task_deployment(name, task, set()) if task else None
-    if previous is not None and previous.pins == pins:  # NOTE: a retried task that had published it all
-        promotion.settle(repository, previous)
-        return previous
 
     def make_record(version: int) -> DeploymentRecord:
         return new_record(
@@ -127,12 +143,13 @@ def deploy_ensemble(
                 }
                 for step, record in published.items()
             ],
+            reference=file_entry(version, REFERENCE_FILE, reference),
         )
 
     record = repository.publish(
         name,
         written,
-        {},
+        {REFERENCE_FILE: reference},
         make_record,
         owner={"task": task or "(no task)", "model": name},
         check_current=lambda text: check_signature(text, final.config, classes, name, repository),
@@ -140,6 +157,24 @@ def deploy_ensemble(
     )
     promotion.settle(repository, record)
     return record
+
+
+def _published_by(
+    repository: ModelRepository, name: str, models: dict[str, str], exports: dict[str, Export], task: str
+) -> DeploymentRecord | None:
+    """The ensemble version this task published already (a retry), pinning the step versions it
+    published of these very files; None when it published none (read only: nothing is written)."""
+    previous = repository.find_task_deployment(name, task, set()) if task else None
+    if previous is None:
+        return None
+    steps = {models[step]: _digests(step_export) for step, step_export in exports.items()}
+    found = {model: repository.find_task_deployment(model, task, digests) for model, digests in steps.items()}
+    pins = {model: record.version for model, record in found.items() if record is not None}
+    return previous if previous.pins == pins else None
+
+
+def _digests(export: Export) -> set[str]:
+    return {sha256_hex(data) for data in export.files.values()}
 
 
 def with_unseen(frame: pd.DataFrame, export: EnsembleExport) -> pd.DataFrame:
@@ -196,8 +231,7 @@ def _publish_step(
 ) -> DeploymentRecord:
     """One step's version (the one this task published already, on a retry), its config serving
     what it served: the ensemble's release decides when this version serves."""
-    digests = {sha256_hex(data) for data in export.files.values()}
-    previous = repository.find_task_deployment(model, task, digests) if task else None
+    previous = repository.find_task_deployment(model, task, _digests(export)) if task else None
     if previous is not None:
         return previous
     written = _keep_serving(repository, model, checked.text)

@@ -22,8 +22,9 @@ GENERATED_ROWS = 256
 SEED = 0
 NUMERIC_ONLY = (
     "a model takes one FP32 tensor unless it is a scikit-learn Pipeline of preprocessing and a tree "
-    "model (XGBoost, LightGBM, scikit-learn's forests) deployed with a DataFrame sample, which is served "
-    "as a Triton ensemble taking each column by name, strings included. Make the model such a Pipeline "
+    "model (XGBoost, LightGBM, scikit-learn's forests), or a LightGBM or XGBoost model trained on pandas "
+    "category columns, deployed with a DataFrame sample: that is served as a Triton ensemble taking each "
+    "column by name, strings included. Pass the DataFrame as sample, make the model such a Pipeline "
     "(e.g. a ColumnTransformer with a OneHotEncoder or OrdinalEncoder for the string columns, then the "
     "trees), or encode the string columns before the model"
 )

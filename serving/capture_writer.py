@@ -221,13 +221,16 @@ def _repeat(values: Sequence[object], rows: np.ndarray, dtype: type = np.int64) 
 
 
 def _tensor_column(arrays: list[np.ndarray | None], rows: np.ndarray) -> pa.Array:
-    """A list column: each row's flattened values; null for the requests that lack the tensor."""
+    """A list column: each row's flattened values; null for the requests that lack the tensor. BYTES
+    tensors (object arrays of bytes) as Arrow strings: the codec admits only UTF-8 text, and a reader
+    (drift, lookup, pandas) then gets str, not bytes."""
     present = np.array([a is not None for a in arrays])
     widths = np.array([a.size // n if a is not None else 0 for a, n in zip(arrays, rows, strict=True)])
     values = np.concatenate([a.reshape(-1) for a in arrays if a is not None])
     offsets = np.concatenate([[0], np.cumsum(np.repeat(widths, rows))]).astype(np.int32)
     mask = None if present.all() else pa.array(np.repeat(~present, rows))
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values), mask=mask)
+    flat = pa.array(values, pa.string()) if values.dtype == object else pa.array(values)
+    return pa.ListArray.from_arrays(pa.array(offsets), flat, mask=mask)
 
 
 def _metadata(partition: Partition) -> dict[str, str]:

@@ -294,16 +294,18 @@ def _fil_problems(config: ModelConfig, line: _LineFinder) -> list[Problem]:
         found.append(Problem(line("max_batch_size"), "the FIL backend needs max_batch_size > 0"))
     if len(config.input) != 1 or len(config.output) != 1:
         found.append(Problem(None, "the FIL backend takes exactly one input and one output"))
-    for t in [*config.input, *config.output]:
-        if t.data_type != pb.TYPE_FP32:
-            found.append(Problem(line(f'"{t.name}"'), f"FIL tensor {t.name!r} must be TYPE_FP32"))
-        if len(t.dims) != 1 or t.dims[0] <= 0:
-            found.append(
-                Problem(
-                    line(f'"{t.name}"'),
-                    f"FIL tensor {t.name!r} needs one positive dim, got {list(t.dims)}",
+    for kind, tensors in (("input", config.input), ("output", config.output)):
+        for t in tensors:
+            if t.data_type != pb.TYPE_FP32:
+                found.append(Problem(line(f'"{t.name}"'), f"FIL tensor {t.name!r} must be TYPE_FP32"))
+            # NOTE: FIL takes its input's width from the request (-1: any, the model's); it allocates
+            # an output from the config's dims, which must fix them
+            variable = kind == "input" and list(t.dims) == [-1]
+            if not variable and (len(t.dims) != 1 or t.dims[0] <= 0):
+                allowed = "one positive dim" + (", or [-1] (the model's width)" if kind == "input" else "")
+                found.append(
+                    Problem(line(f'"{t.name}"'), f"FIL {kind} {t.name!r} needs {allowed}, got {list(t.dims)}")
                 )
-            )
     model_type = params.get("model_type")
     if model_type is None:
         found.append(Problem(None, f'missing parameter "model_type" (one of {", ".join(FIL_MODEL_FILES)})'))

@@ -72,7 +72,10 @@ class ModelVersion:
             "deployment_id": record.deployment_id,
         }
         tensors = signature(config)
-        self.inputs = _tensors(tensors["inputs"])
+        # NOTE: a dim the config leaves variable (-1) and the model fixes: requests are checked on the model's
+        fixed = backend.input_dims()
+        inputs = _tensors(tensors["inputs"])
+        self.inputs = {name: t._replace(dims=fixed.get(name, t.dims)) for name, t in inputs.items()}
         self.outputs = _tensors(tensors["outputs"])
         self.classes = _classes(record, self.outputs)
         self.labels = labels or {}  # output -> its labels file's lines: column i's label is line i

@@ -161,9 +161,12 @@ def start_method(config: ModelConfig) -> str:
     return "forkserver"
 
 
-def sample_inputs(config: ModelConfig) -> dict[str, np.ndarray]:
+def sample_inputs(
+    config: ModelConfig, fixed: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, np.ndarray]:
     """Deterministic rows of every config input: SAMPLE_ROWS of them when the config batches,
-    variable dims (-1) as 1, values spread over each datatype's small range."""
+    variable dims (-1) as 1 unless the model fixes them (`fixed`: Backend.input_dims), values
+    spread over each datatype's small range."""
     batch = (min(SAMPLE_ROWS, config.max_batch_size),) if config.max_batch_size > 0 else ()
     inputs = {}
     for tensor in signature(config)["inputs"]:
@@ -174,7 +177,8 @@ def sample_inputs(config: ModelConfig) -> dict[str, np.ndarray]:
                 f"use one of {', '.join(datatypes.TENSOR)} in config.pbtxt",
                 "refused",
             )
-        shape = (*batch, *(1 if d < 0 else d for d in tensor["dims"]))
+        dims = (fixed or {}).get(tensor["name"], tensor["dims"])
+        shape = (*batch, *(1 if d < 0 else d for d in dims))
         size = int(np.prod(shape))
         values: np.ndarray
         if dtype == datatypes.BYTES:  # NOTE: short texts, as a string column holds
@@ -359,7 +363,7 @@ def _child(sender: Connection, folder: str, config_bytes: bytes, engine: str, no
         backend = load_backend(Path(folder), config, engine)
         load_s = time.perf_counter() - start
         sender.send(("phase", "running a test prediction on"))
-        inputs = sample_inputs(config)
+        inputs = sample_inputs(config, backend.input_dims())
         start = time.perf_counter()
         outputs = backend.predict(inputs)
         predict_s = time.perf_counter() - start

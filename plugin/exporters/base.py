@@ -75,6 +75,14 @@ class Exporter(ABC):
         """Write the model's files; raise ExportError with an actionable message."""
 
 
+def onnx_bytes(graph: Any, name: str) -> bytes:
+    """An ONNX model serialized under a fixed graph name: the converters name a graph after a fresh
+    uuid, so the same model would hash differently at each export, and a retried task (matched by
+    its files' sha256) would publish it again."""
+    graph.graph.name = name
+    return bytes(graph.SerializeToString())
+
+
 def brief(exc: BaseException) -> str:
     """An exception's first line, short: libraries append C++ stack traces and long reprs."""
     lines = str(exc).strip().splitlines()

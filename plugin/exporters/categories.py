@@ -1,14 +1,21 @@
-"""A LightGBM model on pandas categories: the category -> code mapping it learned, as the ensemble's
-preprocessing step, so that clients send category values, not codes.
+"""A LightGBM or XGBoost model on pandas categories: the category -> code mapping it learned, as the
+ensemble's preprocessing step, so that clients send category values, not codes.
 
-LightGBM keeps each category column's training categories (`pandas_categorical`) and, at predict,
-reads a value as its position in that list; a value not in it (or missing) is read as missing. The
-step does the same in ONNX: one LabelEncoder per category column (value -> position, anything else
--> NaN), numeric columns cast to float32, all concatenated in the model's feature order.
+Both libraries keep each category column's training categories (LightGBM's `pandas_categorical`,
+XGBoost >= 3.1's `get_categories()`) and read a value as its position in that list. The step does the
+same in ONNX: one LabelEncoder per category column (value -> position), numeric columns cast to
+float32, all concatenated in the model's feature order. A value not in the list, or missing, becomes
+NaN, which the trees send down each split's learned default branch. That is LightGBM's own reading.
+XGBoost 3.2's DataFrame path differs, and the difference is a defect: it raises for a value sorting
+after every training category and silently reads any other unseen value as the next training category
+in sort order. So the native answer the parity gate compares with (`native_predict`) is XGBoost's on
+the frame recoded to the training categories, unseen values missing, which is what XGBoost does with a
+code it never trained on.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,38 +30,72 @@ ML_OPSET = 2  # ai.onnx.ml: LabelEncoder with string keys and float values
 _TENSOR_TYPES = {"BYTES": "STRING", "FP64": "DOUBLE", "FP32": "FLOAT", "INT64": "INT64", "INT32": "INT32"}
 
 
-def category_step(model: Any, sample: pd.DataFrame, columns: list[tuple[str, str]]) -> Export | None:
-    """The preprocessing step of a LightGBM model trained on pandas categories; None for a model
-    without category features (it keeps today's path)."""
+@dataclass(frozen=True)
+class CategoryStep:
+    export: Export
+    categories: dict[str, list[Any]]  # category column -> its training categories, in code order
+
+    def recode(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The frame with its category columns in the training categories (any other value missing)."""
+        import pandas as pd
+
+        recoded = frame.copy()
+        for name, values in self.categories.items():
+            recoded[name] = pd.Categorical(frame[name].astype(object), categories=values)
+        return recoded
+
+
+def category_step(model: Any, sample: pd.DataFrame, columns: list[tuple[str, str]]) -> CategoryStep | None:
+    """The preprocessing step of a LightGBM or XGBoost model trained on pandas categories; None for
+    a model without category features (it keeps today's path)."""
     import pandas as pd
 
-    learned = _lightgbm_categories(model)
+    names = [name for name, _ in columns]
+    in_sample = [name for name in names if isinstance(sample[name].dtype, pd.CategoricalDtype)]
+    learned = learned_categories(model, in_sample)
     if not learned:
         return None
-    names = [name for name, _ in columns]
-    features = list(_booster(model).feature_name())
+    features = _feature_names(model)
     if names != features:
         raise ExportError(
             f"the sample's columns {names} are not the model's features in training order {features}: "
             "clients send the columns by name, so pass a sample with the training frame's columns (X_val)"
         )
-    category_columns = [name for name in names if isinstance(sample[name].dtype, pd.CategoricalDtype)]
-    if len(category_columns) != len(learned):
+    if in_sample != list(learned):
         raise ExportError(
-            f"the model learned {len(learned)} category column(s), but the sample has "
-            f"{len(category_columns)} ({category_columns}): pass a sample with the training frame's dtypes"
+            f"the model learned the category column(s) {list(learned)}, but the sample's category "
+            f"columns are {in_sample}: pass a sample with the training frame's dtypes"
         )
-    categories = {
-        name: [str(v) for v in values] for name, values in zip(category_columns, learned, strict=True)
-    }
-    return preprocess_export(
-        codes_onnx(columns, categories),
+    keys = {name: [str(v) for v in values] for name, values in learned.items()}  # what clients send
+    export = preprocess_export(
+        codes_onnx(columns, keys),
         columns,
         len(columns),
-        {"class": "category codes", "categories": {name: len(v) for name, v in categories.items()}},
+        {"class": "category codes", "categories": {name: len(v) for name, v in keys.items()}},
         {},
-        lambda frame: _codes(frame, categories),
+        lambda frame: _codes(frame, keys),
     )
+    return CategoryStep(export, learned)
+
+
+def learned_categories(model: Any, in_sample: list[str]) -> dict[str, list[Any]]:
+    """Category column -> the values a LightGBM or XGBoost model trained on for it, in code order
+    ({} for any other model, or one trained without categories). `in_sample`: the sample's category
+    columns, in order (LightGBM keeps the values of its category columns in that order, not their names)."""
+    from tritonflow.plugin.exporters import native_model
+
+    library = _library(model)
+    if library == "xgboost":
+        return native_model(model).categories
+    if library != "lightgbm":
+        return {}
+    learned = list(getattr(_booster(model), "pandas_categorical", None) or [])
+    if learned and len(learned) != len(in_sample):
+        raise ExportError(
+            f"the model learned {len(learned)} category column(s), but the sample has "
+            f"{len(in_sample)} ({in_sample}): pass a sample with the training frame's dtypes"
+        )
+    return dict(zip(in_sample, learned, strict=True))
 
 
 def codes_onnx(columns: list[tuple[str, str]], categories: dict[str, list[str]]) -> bytes:
@@ -112,12 +153,20 @@ def _codes(frame: pd.DataFrame, categories: dict[str, list[str]]) -> np.ndarray:
     return out
 
 
+def _library(model: Any) -> str | None:
+    for base in type(model).__mro__:
+        if base.__module__.split(".")[0] in ("lightgbm", "xgboost"):
+            return base.__module__.split(".")[0]
+    return None
+
+
 def _booster(model: Any) -> Any:
-    return getattr(model, "booster_", model)
+    """A scikit-learn wrapper's Booster (LightGBM's booster_, XGBoost's get_booster()), else the model."""
+    if hasattr(model, "booster_"):
+        return model.booster_
+    return model.get_booster() if hasattr(model, "get_booster") else model
 
 
-def _lightgbm_categories(model: Any) -> list[list[Any]]:
-    """The category lists a LightGBM model learned from pandas categories ([] for anything else)."""
-    if not any(base.__module__.split(".")[0] == "lightgbm" for base in type(model).__mro__):
-        return []
-    return list(getattr(_booster(model), "pandas_categorical", None) or [])
+def _feature_names(model: Any) -> list[str]:
+    booster = _booster(model)
+    return list(booster.feature_name() if _library(model) == "lightgbm" else booster.feature_names or [])

@@ -215,7 +215,34 @@ class XGBoostModel(NativeModel):
         )
 
     def predict(self, rows: np.ndarray) -> np.ndarray:
-        return sklearn_api_predict(self._wrapper, rows, self.is_classifier)
+        return sklearn_api_predict(self._wrapper, self._category_frame(rows), self.is_classifier)
+
+    @functools.cached_property
+    def categories(self) -> dict[str, list[Any]]:
+        """Category feature -> its training categories in code order ({} for a model without)."""
+        if "c" not in (self.booster.feature_types or []):
+            return {}
+        if not hasattr(self.booster, "get_categories"):
+            raise ExportError(
+                "XGBoost before 3.1 does not keep the categories it trained on, so the values clients "
+                "send cannot be mapped to its codes: train with xgboost>=3.1"
+            )
+        kept = self.booster.get_categories(export_to_arrow=True).to_arrow()
+        return {str(name): values.to_pylist() for name, values in kept if values is not None}
+
+    def _category_frame(self, rows: np.ndarray) -> Any:
+        """XGBoost reads category features only from a DataFrame: rows of codes (a value's position
+        among the training categories, NaN missing, as the trees read them) become one."""
+        if not self.categories or hasattr(rows, "columns"):
+            return rows
+        import pandas as pd
+
+        frame = pd.DataFrame(rows, columns=self.booster.feature_names)
+        for name, values in self.categories.items():
+            codes = frame[name].to_numpy()
+            known = np.isfinite(codes) & (codes >= 0) & (codes < len(values))
+            frame[name] = pd.Categorical.from_codes(np.where(known, codes, -1).astype(int), categories=values)
+        return frame
 
     @functools.cached_property
     def _wrapper(self) -> Any:
@@ -256,7 +283,13 @@ class XGBoostModel(NativeModel):
     def to_treelite(self) -> Any:
         import treelite
 
-        return treelite.frontend.from_xgboost(self.booster)
+        if not self.categories:
+            return treelite.frontend.from_xgboost(self.booster)
+        # NOTE: Treelite refuses XGBoost >= 3.1's category recoder; without it the trees read each
+        # value's position among the training categories, which the ensemble's category step computes
+        model = json.loads(self.booster.save_raw(raw_format="json"))
+        _drop_category_recoder(model)
+        return treelite.frontend.from_xgboost_json(json.dumps(model))
 
     def to_onnx(self, n_features: int) -> Any:
         import onnxmltools
@@ -340,6 +373,18 @@ class LightGBMModel(NativeModel):
 
 
 # -- shared ------------------------------------------------------------------------------------
+def _drop_category_recoder(model: dict[str, Any]) -> None:
+    """Empties the `cats` block (the recoder's training categories) wherever the booster keeps one
+    (gbtree's model, or dart's inner gbtree)."""
+    stack: list[Any] = [model]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("cats"), dict):
+                node["cats"] = {"enc": [], "feature_segments": [], "sorted_idx": []}
+            stack += [v for k, v in node.items() if k != "trees"]
+
+
 def sklearn_api_predict(model: Any, rows: np.ndarray, is_classifier: bool) -> np.ndarray:
     """predict_proba or predict of an sklearn-style model, as the served (rows, width) float32."""
     names = getattr(model, "feature_names_in_", None)

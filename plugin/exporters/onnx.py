@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tritonflow.plugin.exporters.base import INPUT, OUTPUT, Export, Exporter, ExportError, brief
+from tritonflow.plugin.exporters.base import INPUT, OUTPUT, Export, Exporter, ExportError, brief, onnx_bytes
 from tritonflow.plugin.exporters.native import ONNX_OPSET, NativeModel
 from tritonflow.serving.backends.onnx import MODEL_FILE
 from tritonflow.serving.datatypes import DATATYPE
@@ -47,7 +47,7 @@ class OnnxExporter(Exporter):
         return Export(
             format=self.format,
             backend="onnxruntime",
-            files={MODEL_FILE: graph.SerializeToString()},
+            files={MODEL_FILE: onnx_bytes(graph, type(model.model).__name__)},
             inputs=(TensorSpec(INPUT, "FP32", (n_features,)),),
             outputs=(TensorSpec(OUTPUT, datatype, (width,)),),
             parameters={},

@@ -9,17 +9,32 @@ features they see natively (bit for bit on the pipelines tested), and the ensemb
 the native pipeline's to float32 rounding. A float32 preprocessing would not: one ulp of a scaled
 value crosses a split now and then (3.7e-5 on a probability, 1 row in 200, with 50 XGBoost trees).
 ONNX Runtime's Imputer has no double kernel, so SimpleImputer is written as IsNaN/Where instead.
+
+The `features` tensor between the steps has a variable width (dims [-1] in both step configs, a
+symbolic dim in the ONNX graph): a retrain whose encoder learns one more category publishes step
+versions one column wider under the same step configs (Triton keeps one config for all of a model's
+versions), while each ensemble version pins the step versions that fit each other. The served
+width of a version is its model's (the node checks requests against it), and the records keep it
+(`model.features`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tritonflow.plugin.exporters.base import INPUT, OUTPUT, Export, ExportError, brief, library_errors
+from tritonflow.plugin.exporters.base import (
+    INPUT,
+    OUTPUT,
+    Export,
+    ExportError,
+    brief,
+    library_errors,
+    onnx_bytes,
+)
 from tritonflow.serving.ensemble_config import LATEST, Step
 from tritonflow.serving.frames import column_datatype
 from tritonflow.serving.model_config import TensorSpec
@@ -30,6 +45,10 @@ if TYPE_CHECKING:
 FEATURES = "features"  # the preprocessing step's output: the forest's input
 OPSET = 17
 PREPROCESS, FOREST = "preprocess", "forest"  # the step models are published as <name>.<step>
+ANY_WIDTH = -1  # the dims of `features` in the step configs: step versions differ in width
+WIDTH = "width"  # the symbolic dim of `features` in the ONNX graph (Triton's onnxruntime backend
+# compares a config's output dims with the model's exactly: [-1] needs a symbolic dim there)
+VARIABLE_WIDTH = frozenset({("output", FEATURES), ("input", INPUT)})  # (kind, tensor) of the steps
 
 
 @dataclass(frozen=True)
@@ -79,7 +98,7 @@ class EnsembleExport:
 
 def export_ensemble(model: Any, sample: pd.DataFrame, triton_version: str) -> EnsembleExport | None:
     """A two-step ensemble, with a DataFrame sample, for a Pipeline of preprocessing and a tree
-    model, or for a LightGBM model on pandas categories (plugin/exporters/categories.py); None for
+    model, or for a LightGBM or XGBoost model on pandas categories (plugin/exporters/categories.py); None for
     anything else (it keeps today's path: one tensor in, the model whole)."""
     from tritonflow.plugin.exporters import native_model
     from tritonflow.plugin.exporters.categories import category_step
@@ -93,8 +112,9 @@ def export_ensemble(model: Any, sample: pd.DataFrame, triton_version: str) -> En
         step = category_step(model, sample, columns)
         if step is None:
             return None
-        adapter = native_model(model)
-        return _ensemble(step, model, adapter.predict, {"categories": "native"}, columns, triton_version)
+        predict = native_model(model).predict
+        native = lambda frame: predict(step.recode(frame))  # noqa: E731
+        return _ensemble(step.export, model, native, {"categories": "native"}, columns, triton_version)
     preprocess, forest = split
     with library_errors(type(preprocess).__name__, "running the preprocessing of"):
         head = preprocess.transform(sample.head(1))
@@ -124,18 +144,19 @@ def preprocess_export(
     versions: dict[str, str],
     native_predict: Callable[[pd.DataFrame], np.ndarray],
 ) -> Export:
-    """The preprocessing step: an ONNX graph from one input per column to `features` (FP32, `width`)."""
+    """The preprocessing step: an ONNX graph from one input per column to `features` (FP32, `width`
+    wide, declared of any width: `ANY_WIDTH`, `WIDTH`)."""
     import onnx as onnx_module
 
     return Export(
         format="onnx",
         backend="onnxruntime",
-        files={"model.onnx": onnx},
+        files={"model.onnx": _any_width(onnx)},
         inputs=tuple(TensorSpec(name, datatype, (1,)) for name, datatype in columns),
-        outputs=(TensorSpec(FEATURES, "FP32", (width,)),),
+        outputs=(TensorSpec(FEATURES, "FP32", (ANY_WIDTH,)),),
         parameters={},
         n_classes=None,
-        model_info=info,
+        model_info={**info, "features": width},
         versions={"onnx": onnx_module.__version__, **versions},
         native_predict=native_predict,
     )
@@ -151,7 +172,10 @@ def _ensemble(
 ) -> EnsembleExport:
     from tritonflow.plugin.exporters import export_model
 
-    trees = export_model(forest, "treelite", preprocess.outputs[0].dims[0], triton_version)
+    width = preprocess.model_info["features"]
+    exported = export_model(forest, "treelite", width, triton_version)
+    any_width = (TensorSpec(INPUT, "FP32", (ANY_WIDTH,)),)
+    trees = replace(exported, inputs=any_width, model_info={**exported.model_info, "features": width})
     return EnsembleExport(
         steps=((PREPROCESS, preprocess), (FOREST, trees)),
         columns=columns,
@@ -206,7 +230,7 @@ def preprocess_onnx(preprocess: Any, columns: list[tuple[str, str]], zeros_missi
                 f"skl2onnx cannot convert the preprocessing {_steps(preprocess)}: {brief(exc)}; keep its "
                 'steps to those skl2onnx converts, or pass format="onnx" to export the whole pipeline'
             ) from None
-        return _cast_to_features(graph, zeros_missing).SerializeToString()
+        return onnx_bytes(_cast_to_features(graph, zeros_missing), _class_name(preprocess))
 
 
 def _tensor_type(name: str, datatype: str) -> Any:
@@ -239,6 +263,25 @@ def _cast_to_features(graph: Any, zeros_missing: bool) -> Any:
     del graph.graph.output[:]
     graph.graph.output.append(helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, dims))
     return graph
+
+
+def _any_width(onnx: bytes) -> bytes:
+    """The graph with its `features` output of a symbolic width (`WIDTH`), as ONNX Runtime reports it:
+    a width the graph fixes would be inferred again over a declared symbol, so the output goes
+    through a Reshape to its own runtime Shape, which keeps the symbol."""
+    from onnx import helper, load_from_string
+
+    graph = load_from_string(onnx)
+    fixed, shape = "tritonflow_features_fixed", "tritonflow_features_shape"
+    for node in graph.graph.node:
+        node.input[:] = [fixed if name == FEATURES else name for name in node.input]
+        node.output[:] = [fixed if name == FEATURES else name for name in node.output]
+    graph.graph.node.extend(
+        [helper.make_node("Shape", [fixed], [shape]), helper.make_node("Reshape", [fixed, shape], [FEATURES])]
+    )
+    (output,) = (o for o in graph.graph.output if o.name == FEATURES)
+    output.type.tensor_type.shape.dim[-1].dim_param = WIDTH  # NOTE: clears its dim_value (a oneof)
+    return graph.SerializeToString()
 
 
 def _imputer_shape(operator: Any) -> None:

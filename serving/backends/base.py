@@ -24,5 +24,10 @@ class Backend(ABC):
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Batched inputs by config input name -> every config output by name, batch first."""
 
+    def input_dims(self) -> dict[str, tuple[int, ...]]:
+        """Input name -> the dims the model itself reads, where they fix what its config leaves
+        variable (-1: a forest step of an ensemble, its width); the default: the config's."""
+        return {}
+
     def unload(self) -> None:  # noqa: B027 (optional hook: most runtimes hold nothing to free)
         """Release what `__init__` took (GPU memory, sessions); the default keeps nothing."""

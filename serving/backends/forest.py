@@ -87,6 +87,9 @@ class ForestBackend(Backend):
             )
         return {self.output_name: self._finish(self._raw(x))}
 
+    def input_dims(self) -> dict[str, tuple[int, ...]]:
+        return {self.input_name: (self.n_features,)}
+
     def unload(self) -> None:
         # NOTE: the closure holds the engine's forest; dropping it frees GPU memory under nvForest.
         del self._raw
@@ -135,10 +138,11 @@ def _check_shapes(path: Path, config: ModelConfig, options: FilOptions, model: t
         raise BackendError(f"{path} has several targets: the FIL backend serves single-target models")
     width = int(np.max(header.get_field("num_class")))
     features = list(config.input[0].dims)
-    if features != [model.num_feature]:
+    # NOTE: [-1] lets versions of different widths share the config (an ensemble's forest step)
+    if features not in ([model.num_feature], [-1]):
         raise BackendError(
             f"{path} does not match its config: input {config.input[0].name!r} has dims {features}, "
-            f"the model reads {model.num_feature} features"
+            f"the model reads {model.num_feature} features (or [-1]: the model's width)"
         )
     if options.predict_proba:
         expected, what = max(width, 2), "with predict_proba, one probability per class"

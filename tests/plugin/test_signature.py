@@ -163,7 +163,7 @@ def test_a_pipeline_that_encodes_strings_is_told_it_needs_a_dataframe_sample_to_
     message = str(caught.value)
     assert message.startswith("the Pipeline reads the columns ['city'] as strings or categories")
     assert "with a numpy sample, or none, it would be served so" in message
-    assert "deployed with a DataFrame sample, which is served as a Triton ensemble" in message
+    assert "deployed with a DataFrame sample: that is served as a Triton ensemble" in message
     # the same Pipeline encoding a numeric column takes numbers: it is described as before
     numeric = _encoding_pipeline("visits").fit(frame.drop(columns="city"), y)
     assert describe(numeric, frame.drop(columns="city") if with_sample else None).n_features == 2

@@ -18,8 +18,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 from xgboost import XGBClassifier
 
-from tritonflow.plugin.exporters import ExportError, native_model
-from tritonflow.plugin.exporters.tabular import FEATURES, columns_of, preprocess_onnx, split_pipeline
+from tritonflow.plugin.exporters import ExportError, export_model, native_model
+from tritonflow.plugin.exporters.tabular import (
+    FEATURES,
+    columns_of,
+    export_ensemble,
+    preprocess_onnx,
+    split_pipeline,
+)
 from tritonflow.serving.frames import column_tensor
 
 NUMBERS = ["amount", "age", *[f"x{j}" for j in range(6)]]
@@ -147,3 +153,38 @@ def test_a_step_skl2onnx_cannot_convert_is_named() -> None:
     pipe.fit(X.abs(), labels(frame(200, 7)))
     with pytest.raises(ExportError, match=r"cannot convert the preprocessing \(odd: FunctionTransformer\)"):
         preprocess_onnx(split_pipeline(pipe)[0], columns_of(X))
+
+
+def test_xgboost_on_pandas_categories_takes_the_values_and_reads_unseen_ones_as_missing() -> None:
+    train = frame(3000, 4).astype({"merchant": "category"})
+    model = XGBClassifier(n_estimators=100, max_depth=5, enable_categorical=True).fit(train, labels(train))
+    test = frame(400, 5)
+    test.loc[:5, "merchant"] = "aaa-never-seen"  # sorts before every training category
+    export = export_ensemble(model, train.head(50), "24.10")
+    assert export is not None and [step for step, _ in export.steps] == ["preprocess", "forest"]
+    features = run(export.steps[0][1].files["model.onnx"], test)
+    answer = treelite.gtil.predict(native_model(model).to_treelite(), features).reshape(len(test), -1)
+    # what XGBoost answers when an unseen value is missing: the learned default branch at each split
+    as_missing = test.astype({"merchant": pd.CategoricalDtype(["fuel", "grocer", "online", "travel"])})
+    assert as_missing["merchant"].isna().sum() == 6
+    native = model.predict_proba(as_missing)[:, 1]
+    np.testing.assert_allclose(answer[:, -1], native, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(export.native_predict(test)[:, -1], native, rtol=0, atol=1e-6)
+
+
+def test_the_same_model_exports_the_same_bytes_each_time() -> None:
+    """A retried task finds its earlier versions by their files' sha256: ONNX exports are named by a
+    fresh uuid unless the exporter fixes the graph's name."""
+    train = frame(500, 6)
+    pipe = Pipeline(
+        [
+            ("prep", ColumnTransformer([("cat", OneHotEncoder(), ["merchant"])], remainder="passthrough")),
+            ("gbm", XGBClassifier(n_estimators=5)),
+        ]
+    ).fit(train.drop(columns="country"), labels(train))
+    exports = [export_ensemble(pipe, train.drop(columns="country").head(50), "24.10") for _ in range(2)]
+    files = [[st.files for _, st in export.steps] for export in exports if export is not None]
+    assert len(files) == 2 and files[0] == files[1]
+    whole = LogisticRegression().fit(train[NUMBERS].fillna(0), labels(train))
+    onnx = [export_model(whole, "onnx", len(NUMBERS), "24.10").files for _ in range(2)]
+    assert onnx[0] == onnx[1]

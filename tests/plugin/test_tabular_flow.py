@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tabular_data import FLOW, tabular_flow
 
 from tritonflow.client import infer_frame
 from tritonflow.lineage.repository import ModelRepository
 
-FLOW = Path(__file__).parent / "flows" / "tabular_flow.py"
 MODEL = "tabular"
+flow = tabular_flow()
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +57,7 @@ def native_answers(env: dict, cwd: Path) -> tuple[pd.DataFrame, np.ndarray]:
     return frame, np.asarray(answer["p"])
 
 
-@pytest.mark.parametrize("kind", ["onehot-xgb", "ordinal-hgb", "lightgbm"])
+@pytest.mark.parametrize("kind", flow.KINDS)
 def test_a_dataframe_pipeline_is_deployed_as_an_ensemble_and_served_by_column(
     kind, tmp_path, metaflow_env, serve
 ):
@@ -77,10 +78,20 @@ def test_a_dataframe_pipeline_is_deployed_as_an_ensemble_and_served_by_column(
     assert [t["datatype"] for t in record.signature["inputs"]] == ["BYTES", "BYTES"] + ["FP64"] * 4
     assert record.model["parity"]["max_abs_diff"] <= 1e-5
     assert record.model["parity"]["rows"] > 300  # the sample, and rows with categories never trained on
+    # the drift baseline: the training frame's columns (X_train, not X_val or X_test), strings included
+    reference = json.loads((repo / MODEL / record.reference["path"]).read_text())
+    assert [a["name"] for a in reference["source"]["artifacts"]] == ["X_train"]
+    kinds = {feature["name"]: feature["kind"] for feature in reference["features"]}
+    assert kinds == {
+        "merchant": "categorical",
+        "country": "categorical",
+        **{f"x{i}": "numeric" for i in range(4)},
+    }
 
     frame, native = native_answers(env, tmp_path)
-    if kind == "lightgbm":  # NOTE: a pandas category column holds no unseen value: the frame has NaN there,
-        # which LightGBM reads as missing, as it reads a value it never saw: a client sends that value
+    if kind in flow.NATIVE_CATEGORIES:  # NOTE: a pandas category column holds no unseen value:
+        # the frame has NaN there, which the model reads as missing, as the node reads a value it never
+        # saw (plugin/exporters/categories.py): a client sends that value
         frame["merchant"] = frame["merchant"].fillna("m-never-seen")
     assert (frame["merchant"] == "m-never-seen").any()  # unseen categories go through the node too
     assert frame["country"].isna().any()  # missing strings too (a client sends them as "")

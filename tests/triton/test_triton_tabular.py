@@ -3,7 +3,7 @@ as the native model and as our node, by column name over HTTP and gRPC, unseen c
 missing values included; and after a rollback it serves the rolled-back ensemble on its old steps.
 
 The pipelines are tests/plugin/flows/tabular_flow.py's (OneHot + XGBoost, Ordinal + HistGB, LightGBM
-on pandas categories), deployed in-process by tritonflow.plugin.publish.deploy; Triton 24.10 runs
+and XGBoost on pandas categories), deployed in-process by tritonflow.plugin.publish.deploy; Triton 24.10 runs
 its own ensemble scheduler over our Python-based `onnxruntime` and `fil` backends.
 """
 
@@ -27,12 +27,12 @@ from tritonflow.lineage.repository import ModelRepository
 from tritonflow.serving.release_policy import champion_config
 
 ATOL = 1e-5
-KINDS = ("onehot-xgb", "ordinal-hgb", "lightgbm")
 
 pytestmark = pytest.mark.slow
 
 
 flow = tabular_flow()
+KINDS = flow.KINDS
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,11 @@ class Deployed:
 
 def request_frames(kind: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(what the native model reads, what a client sends): 200 rows, 10% unseen categories, missing
-    values. A pandas category column holds no unseen value (NaN there, which LightGBM reads as
-    missing, as it reads a value it never saw): a client sends the value itself."""
-    native = flow.frame(200, 2, unseen=0.1, categories=kind == "lightgbm")
+    values. A pandas category column holds no unseen value (NaN there, which the model reads as
+    missing, as the ensemble reads a value it never saw): a client sends the value itself."""
+    native = flow.frame(200, 2, unseen=0.1, categories=kind in flow.NATIVE_CATEGORIES)
     sent = native.copy()
-    if kind == "lightgbm":
+    if kind in flow.NATIVE_CATEGORIES:
         sent["merchant"] = sent["merchant"].astype(object).fillna("m-never-seen")
     assert (sent["merchant"] == "m-never-seen").any() and sent["country"].isna().any()
     return native, sent
@@ -60,7 +60,7 @@ def request_frames(kind: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def deploy_kind(root: Path, kind: str, seed: int, run_id: str) -> Deployed:
     """`kind` trained on rows of `seed`, deployed with a DataFrame sample as @deploy does."""
-    categories = kind == "lightgbm"
+    categories = kind in flow.NATIVE_CATEGORIES
     X = flow.frame(1500, seed, categories=categories)
     model = flow.build(kind).fit(X, flow.labels(X))
     record = deploy_direct(root, f"tab-{kind}", model, flow.frame(300, 1, categories=categories), run_id)

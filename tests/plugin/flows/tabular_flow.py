@@ -1,7 +1,8 @@
 """A flow on a DataFrame of string, category and float columns (floats with missing values), deploying
 the model `kind` names with @deploy attributes from $TABULAR_DEPLOY (JSON):
 "onehot-xgb" (OneHotEncoder + scaler + XGBoost), "ordinal-hgb" (OrdinalEncoder + HistGradientBoosting),
-"lightgbm" (LightGBM on the pandas categories themselves)."""
+"lightgbm" (LightGBM on the pandas categories themselves), "xgb-categorical" (XGBoost's own
+categorical splits, enable_categorical, on the same categories)."""
 
 import json
 import os
@@ -11,6 +12,8 @@ import pandas as pd
 from metaflow import FlowSpec, Parameter, deploy, step
 
 ATTRIBUTES = json.loads(os.environ.get("TABULAR_DEPLOY", "{}"))
+KINDS = ("onehot-xgb", "ordinal-hgb", "lightgbm", "xgb-categorical")
+NATIVE_CATEGORIES = ("lightgbm", "xgb-categorical")  # trained on the pandas categories themselves
 MERCHANTS = [f"m-{i}" for i in range(12)]
 COUNTRIES = ["DE", "FR", "IT", "NL", "PL"]
 
@@ -40,11 +43,13 @@ def labels(data: pd.DataFrame) -> np.ndarray:
 
 
 class TabularFlow(FlowSpec):
-    kind = Parameter("kind", default="onehot-xgb", help="onehot-xgb | ordinal-hgb | lightgbm")
+    kind = Parameter(
+        "kind", default="onehot-xgb", help="onehot-xgb | ordinal-hgb | lightgbm | xgb-categorical"
+    )
 
     @step
     def start(self):
-        categories = self.kind == "lightgbm"
+        categories = self.kind in NATIVE_CATEGORIES
         self.X_train, self.X_val = frame(1500, 0, categories=categories), frame(300, 1, categories=categories)
         self.y_train, self.y_val = labels(self.X_train), labels(self.X_val)
         # what the tests send, unseen categories included
@@ -85,6 +90,12 @@ def build(kind: str):
         prep = ColumnTransformer([("cat", encode, strings), ("num", "passthrough", numbers)])
         return Pipeline(
             [("prep", prep), ("hgb", HistGradientBoostingClassifier(max_iter=30, random_state=0))]
+        )
+    if kind == "xgb-categorical":
+        from xgboost import XGBClassifier
+
+        return XGBClassifier(
+            n_estimators=40, max_depth=4, enable_categorical=True, tree_method="hist", n_jobs=1
         )
     from lightgbm import LGBMClassifier
 
