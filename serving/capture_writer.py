@@ -31,6 +31,7 @@ from tritonflow.lineage import capture_layout as layout
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.store import Store
 from tritonflow.serving.capture import Capture, Entry, Partition, Throttled
+from tritonflow.serving.heap import settle_heap
 from tritonflow.serving.model_version import Tensor
 
 log = logging.getLogger("tritonflow.serving")
@@ -69,6 +70,7 @@ class Writer:
         # NOTE: pyarrow imports pandas on its first table (~0.6 s holding the GIL): here, before serving,
         # not on the first tick under traffic, where it stalled every request (p99 x3 in the benchmark)
         parquet(pa.table({"warm": [0]}))
+        settle_heap()  # NOTE: pandas' objects out of the collector's walks (serving/heap.py)
         self._thread.start()
 
     def close(self) -> None:
