@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tabular_data import FLOW, tabular_flow
+from tabular_data import FLOW, client_answer, tabular_flow
 
 from tritonflow.client import infer_frame
 from tritonflow.lineage.repository import ModelRepository
@@ -45,11 +45,7 @@ def native_answers(env: dict, cwd: Path) -> tuple[pd.DataFrame, np.ndarray]:
         "print(json.dumps({'X': X.astype(object).where(X.notna(), None).to_dict('list'), "
         "'p': task.data.model.predict_proba(X).tolist()}))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    answer = client_answer(code, env, cwd)
     frame = pd.DataFrame(answer["X"])
     for column in frame.columns:
         if column.startswith("x"):

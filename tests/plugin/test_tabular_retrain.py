@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from retrain_data import FLOW, retrain_flow
 from servers import wait_for
+from tabular_data import RETRAIN_FLOW as FLOW
+from tabular_data import client_answer, retrain_flow
 
 from tritonflow.client import infer_frame
 from tritonflow.lineage.releases import promote, set_canary
@@ -60,11 +61,7 @@ def native_answers(env: dict[str, str], cwd: Path, rows: tuple[int, int, int]) -
         "runs = sorted(Flow('RetrainFlow').runs(), key=lambda r: r.created_at)\n"
         "print(json.dumps([r['train'].task.data.model.predict_proba(X).tolist() for r in runs]))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    answers = client_answer(code, env, cwd)
     return {version: np.asarray(p) for version, p in enumerate(answers, 1)}
 
 

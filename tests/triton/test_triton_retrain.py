@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from retrain_data import retrain_flow
 from servers import wait_for
+from tabular_data import retrain_flow
 from test_triton_compat import deploy_direct
 from tritonclient.utils import InferenceServerException
 
