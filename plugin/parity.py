@@ -62,15 +62,18 @@ class ParityError(TritonflowError):
         super().__init__(f"parity check failed: the {fmt} export {detail}. {HINTS[fmt]}")
 
 
-def check_parity(export: Export, rows: np.ndarray, tolerance: float = TOLERANCE) -> dict[str, Any]:
+def check_parity(
+    export: Export, rows: np.ndarray, tolerance: float = TOLERANCE, engine: str | None = None
+) -> dict[str, Any]:
     """Serve `rows` through the export and the native model; raise ParityError past `tolerance`.
 
+    `engine` runs it (serving/backends); by default what Triton runs: for a forest, FIL's engine.
     Returns the report kept in the deployment record: rows, max_abs_diff, tolerance, rule, engine,
     and the engine's latency on this machine (`measure_latency`), timed while the export is loaded.
     """
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     with library_errors(export.model_info["class"].rsplit(".", 1)[-1], "the parity check of"):
-        with _loaded(export) as backend:
+        with _loaded(export, engine) as backend:
             served, latency = _served(
                 lambda batch: backend.predict({export.inputs[0].name: batch})[export.outputs[0].name],
                 lambda n: np.ascontiguousarray(np.resize(rows, (n, rows.shape[1]))),
@@ -158,13 +161,15 @@ class _Steps:
 
 
 @contextmanager
-def _loaded(export: Export) -> Iterator[Backend]:
-    """The export loaded as the node loads a version: its files in a folder, its config, `load_backend`."""
+def _loaded(export: Export, engine: str | None = None) -> Iterator[Backend]:
+    """The export loaded as the node loads a version: its files in a folder, its config, `load_backend`
+    (a forest on FIL's engine unless `engine` says otherwise)."""
     config = build_config(config_spec(export, name="parity"))
     with tempfile.TemporaryDirectory(prefix="tritonflow-parity-") as folder:
         for name, data in export.files.items():
             (Path(folder) / name).write_bytes(data)
-        backend = load_backend(Path(folder), config, engine="auto")
+        engine = engine or ("fil" if export.backend == "fil" else "auto")
+        backend = load_backend(Path(folder), config, engine)
         try:
             yield backend
         finally:

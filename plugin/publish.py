@@ -18,6 +18,7 @@ from tritonflow.lineage.records import DeploymentRecord, sha256_hex, utc_now
 from tritonflow.lineage.reference import FILE as REFERENCE_FILE
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.plugin import promotion
+from tritonflow.plugin.batch_engine import with_batch_engine
 from tritonflow.plugin.exporters import config_spec, export_model
 from tritonflow.plugin.exporters.tabular import ANY_WIDTH, VARIABLE_WIDTH, export_ensemble
 from tritonflow.plugin.model_checks import check_trained
@@ -94,6 +95,9 @@ def deploy(
         config_text, where=f"the generated config of {options.name!r}", read_file=beside.get
     )
     parity = check_parity(export, signature.rows)
+    export, batch_engine = with_batch_engine(export, signature.rows)
+    if batch_engine is not None:
+        parity["batch_engine"] = batch_engine
     # NOTE: only a given sample is training data; the rows generated without one profile nothing
     reference = (
         profile_bytes(

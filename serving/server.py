@@ -165,7 +165,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--engine",
         choices=FOREST_ENGINES,
         default="auto",
-        help="what runs forest (FIL) models: nvForest, Treelite's GTIL, or auto (nvForest when installed)",
+        help="what runs forest (FIL) models: auto measures at load which of FIL's engine and the "
+        "version's batch engine file (XGBoost's predictor or ONNX Runtime) is faster for each batch size; "
+        "fil: what Triton's FIL backend runs (nvForest when installed, else Treelite's GTIL); "
+        "the others force one engine",
     )
     parser.add_argument(
         "--workers",

@@ -62,4 +62,5 @@ class TreeliteExporter(Exporter):
             model_info=model.info(),
             versions={"treelite": treelite.__version__},
             native_predict=model.predict,
+            batch_engine_file=lambda: model.batch_engine_file(n_features),
         )

@@ -9,8 +9,9 @@ from tritonflow.lineage.imports import load_object
 from tritonflow.serving.backends.base import Backend
 from tritonflow.serving.model_config import ONNX_PLATFORM, ModelConfig
 
-# What `tritonflow serve --engine` chooses among (it applies to forest models).
-FOREST_ENGINES = ("auto", "nvforest", "treelite")
+# What `tritonflow serve --engine` chooses among (it applies to forest models): auto measures at load;
+# fil is what Triton's FIL backend runs (nvForest when installed, else GTIL); the others are forced.
+FOREST_ENGINES = ("auto", "fil", "nvforest", "treelite", "xgboost", "onnxruntime")
 
 BACKENDS = {
     "fil": "tritonflow.serving.backends.forest.ForestBackend",

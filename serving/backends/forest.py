@@ -3,7 +3,8 @@
 nvForest is the engine inside Triton's FIL backend since 26.06; it ships as the `gpu` extra
 (CUDA wheels, ~3.4 GB) yet also runs on CPU. Without it, Treelite's GTIL (always installed)
 gives the same answers, only slower. Both go through one post-processing step that copies
-Triton's, so a repository answers the same here and in Triton.
+Triton's, so a repository answers the same here and in Triton. On CPU, large batches may go to a
+faster engine reading a second file of the version (forest_engines.py), through the same step.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ import treelite.gtil
 
 from tritonflow.serving.backends import FOREST_ENGINES, BackendError
 from tritonflow.serving.backends.base import Backend
+from tritonflow.serving.backends.forest_engines import (
+    ENGINE_FILES,
+    Engine,
+    Raw,
+    batch_engines,
+    fastest,
+    open_engine,
+)
 from tritonflow.serving.model_config import FilOptions, ModelConfig, fil_options, instance_kind, parameter
 
 log = logging.getLogger(__name__)
@@ -39,8 +48,6 @@ CORES = os.cpu_count() or 1
 # Triton's FIL backend imports into nvForest with 128-byte tree alignment and single precision
 # (float32 in, float32 out): no per-call conversion of a float32 batch.
 ALIGN_BYTES = 128
-
-Raw = Callable[[np.ndarray], np.ndarray]  # (rows, n_features) float32 -> (rows, width)
 
 
 class ForestBackend(Backend):
@@ -70,7 +77,8 @@ class ForestBackend(Backend):
         )
         self.n_features = model.num_feature
         width = _check_shapes(self.path, config, options, model)
-        self.engine, self._raw = _start_engine(self.path, model, config, engine)
+        started = _start_engine(self.path, model, config, engine, width)
+        self.engine, self._raw = started.name, started.run
         self._finish = _postprocess(options, width)
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -163,22 +171,33 @@ def _check_shapes(path: Path, config: ModelConfig, options: FilOptions, model: t
 
 
 # -- engines ------------------------------------------------------------------------------------
-def _start_engine(path: Path, model: treelite.Model, config: ModelConfig, engine: str) -> tuple[str, Raw]:
-    """Pick the engine and return its name and a function giving (rows, width) outputs."""
+def _start_engine(path: Path, model: treelite.Model, config: ModelConfig, engine: str, width: int) -> Engine:
+    """The engine asked for; with "auto" on CPU, FIL's engine joined by the version's batch engines
+    (forest_engines.py) for the batch sizes where they measure faster."""
+    if engine in ENGINE_FILES:
+        return open_engine(engine, path.parent, width)
+    fil = _fil_engine(path, model, config, engine)
+    if engine != "auto" or fil.name == "nvforest-gpu":
+        return fil
+    return fastest(fil, batch_engines(path.parent, width), model.num_feature)
+
+
+def _fil_engine(path: Path, model: treelite.Model, config: ModelConfig, engine: str) -> Engine:
+    """What Triton's FIL backend would run: nvForest (GPU for KIND_GPU), else Treelite's GTIL."""
     if engine == "treelite":
-        return "treelite-gtil", _gtil(model)
+        return Engine("treelite-gtil", _gtil(model))
     nvforest = nvforest_or_reason()
     if isinstance(nvforest, str):
         if engine == "nvforest":
             raise BackendError(f"engine 'nvforest' needs nvForest ({nvforest}): {INSTALL_HINT}")
-        return "treelite-gtil", _gtil(model)
+        return Engine("treelite-gtil", _gtil(model))
     device = "cpu"
     if instance_kind(config) == "gpu":
         if cuda_device_count() > 0:
             device = "gpu"
         else:
             log.warning("%s: config asks for KIND_GPU but no CUDA GPU is visible: running on CPU", path)
-    return f"nvforest-{device}", _nvforest_forest(nvforest, path, model, config, device)
+    return Engine(f"nvforest-{device}", _nvforest_forest(nvforest, path, model, config, device))
 
 
 @functools.cache

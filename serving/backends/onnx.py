@@ -98,10 +98,18 @@ def _map(array: np.ndarray, convert: Callable[[Any], Any]) -> np.ndarray:
 
 def _session_options(config: ModelConfig) -> ort.SessionOptions:
     """Threads as Triton's onnxruntime backend reads them from the config's parameters."""
+    return session_options(
+        int(parameter(config, "intra_op_thread_count") or DEFAULT_THREADS),
+        int(parameter(config, "inter_op_thread_count") or 1),
+    )
+
+
+def session_options(intra_op_threads: int = DEFAULT_THREADS, inter_op_threads: int = 1) -> ort.SessionOptions:
+    """A session's threads, never spinning: spinning threads would take the CPU from the HTTP event
+    loop between requests."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int(parameter(config, "intra_op_thread_count") or DEFAULT_THREADS)
-    options.inter_op_num_threads = int(parameter(config, "inter_op_thread_count") or 1)
-    # NOTE: spinning threads would take the CPU from the HTTP event loop between requests.
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 

@@ -33,7 +33,9 @@ class TritonPythonModel:
         # model_repository is the model's own folder (<repo>/<model>), not the repository root.
         version_dir = Path(args["model_repository"]) / args["model_version"]
         try:
-            self.backend = load_backend(version_dir, config)
+            # NOTE: "fil": what Triton's own FIL backend runs, never the version's batch engine file
+            engine = "fil" if backend_name(config) == "fil" else "auto"
+            self.backend = load_backend(version_dir, config, engine)
         except Exception as exc:  # BackendError says which file and why; Triton shows it as the load error
             raise pb_utils.TritonModelException(str(exc)) from None
         self.inputs = [t.name for t in config.input]

@@ -291,7 +291,7 @@ def test_without_nvforest_asking_for_it_says_how_to_install(tmp_path, trained, w
 
 def test_unknown_engine_is_refused(tmp_path, trained):
     _, model = trained("rf", "binary")
-    with pytest.raises(BackendError, match="auto, nvforest, treelite"):
+    with pytest.raises(BackendError, match="auto, fil, nvforest, treelite, xgboost, onnxruntime"):
         load_backend(version_dir(tmp_path, model), fil_config(2), "cuml")
 
 

@@ -1,0 +1,173 @@
+"""Batch engines for a forest beside FIL's: the fastest engine per batch size, measured at load.
+
+On CPU, nvForest is the quickest engine for a few rows, but not for a batch: on XGBoost 500 rounds x
+depth 8 and 1,024 rows, XGBoost's own predictor ran 4.4x and ONNX Runtime 1.8x nvForest's rows/s on
+these 2-core machines (LightGBM: ONNX Runtime 1.5x; a random forest: 2x). @deploy publishes the
+forest a second time, in the format of one such engine, as a file beside the Treelite checkpoint
+(ENGINE_FILES), once the parity gate has passed it; Triton's FIL backend never reads that file.
+
+With engine "auto" the node loads it too, checks that it answers as FIL's engine does on generated
+rows, times both at a few batch sizes and sends each batch to the faster one for its size. The
+choice is in the model's `engine` (metadata, log). A file that disagrees, or whose library is not
+installed, is left unused with a warning: the version still serves on FIL's engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonflow.serving.backends import BackendError
+
+log = logging.getLogger(__name__)
+
+# engine -> the file @deploy writes for it in the version folder
+ENGINE_FILES = {"xgboost": "engine.xgboost.ubj", "onnxruntime": "engine.onnx"}
+# Batch sizes timed at load; a batch runs on the engine fastest at the largest size not above its
+# rows (the node's chunks of large requests are ~64-1,000 rows: serving/batcher.py).
+SIZES = (1, 16, 64, 256, 1024)
+CALLS = 5  # timed calls per engine and size, at most ...
+BUDGET_S = 0.02  # ... or until this much time went to them
+GAIN = 1.2  # a batch engine takes a size only when this much faster: timing noise never flips it
+AGREE_ROWS = 64
+THREADS = os.cpu_count() or 1
+
+Raw = Callable[[np.ndarray], np.ndarray]  # (rows, n_features) float32 -> (rows, width)
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str  # as the node shows it, e.g. "xgboost-cpu"
+    run: Raw
+
+
+def open_engine(engine: str, version_dir: Path, width: int) -> Engine:
+    """A batch engine on its file in `version_dir`; BackendError when the file or library is missing."""
+    path = Path(version_dir) / ENGINE_FILES[engine]
+    if not path.is_file():
+        raise BackendError(
+            f"engine {engine!r} reads {path.name}, which {version_dir} does not hold: "
+            "deploy the model again with this tritonflow (it publishes the file), or use engine 'auto'"
+        )
+    try:
+        run = _OPENERS[engine](path)
+    except ImportError as exc:
+        raise BackendError(f"engine {engine!r} needs {exc.name or engine}: pip install {engine}") from None
+    except Exception as exc:  # the library's own error on a file it cannot read
+        raise BackendError(f"{engine} cannot load {path}: {type(exc).__name__}: {exc}") from None
+    return Engine(f"{engine}-cpu", _widened(run, width))
+
+
+def batch_engines(version_dir: Path, width: int) -> list[Engine]:
+    """Every batch engine whose file the version holds and that loads here (the others: a warning)."""
+    found = []
+    for engine, file in ENGINE_FILES.items():
+        if (Path(version_dir) / file).is_file():
+            try:
+                found.append(open_engine(engine, version_dir, width))
+            except BackendError as exc:
+                log.warning("%s: serving without it (%s)", file, exc)
+    return found
+
+
+def fastest(fil: Engine, others: list[Engine], n_features: int) -> Engine:
+    """`fil`, or one engine that sends batches from some size on to the fastest of the `others` that
+    agree with it: the one fastest on the largest batch, from the smallest size where it, and at
+    every larger size, runs GAIN times FIL's engine's rows/s (one crossover: noise never interleaves)."""
+    rows = np.random.default_rng(0).standard_normal((max(SIZES), n_features), dtype=np.float32)
+    expected = fil.run(rows[:AGREE_ROWS])
+    agreeing = [e for e in others if _agrees(e, rows[:AGREE_ROWS], expected)]
+    if not agreeing:
+        return fil
+    speeds = {e.name: [_rows_per_s(e.run, rows[:size]) for size in SIZES] for e in [fil, *agreeing]}
+    best = max(agreeing, key=lambda e: speeds[e.name][-1])
+    wins = [rate >= GAIN * base for rate, base in zip(speeds[best.name], speeds[fil.name], strict=True)]
+    if not wins[-1]:
+        return fil
+    start = len(wins) - wins[::-1].index(False) if False in wins else 0
+    if start == 0:
+        return best
+    crossover = SIZES[start]
+    return Engine(f"{fil.name}; {best.name} from {crossover} rows", _dispatch(fil.run, best.run, crossover))
+
+
+def _agrees(engine: Engine, rows: np.ndarray, expected: np.ndarray) -> bool:
+    try:
+        answer = engine.run(rows)
+    except Exception as exc:  # noqa: BLE001 (a library's error on generated rows: not this engine)
+        log.warning("%s fails on generated rows (%s): serving without it", engine.name, exc)
+        return False
+    scale = max(1.0, float(np.abs(expected).max()))
+    if answer.shape == expected.shape and np.allclose(answer, expected, rtol=0, atol=1e-4 * scale):
+        return True
+    log.warning(
+        "%s answers differently from FIL's engine on generated rows (shapes %s, %s): serving without it",
+        engine.name,
+        list(answer.shape),
+        list(expected.shape),
+    )
+    return False
+
+
+def _rows_per_s(run: Raw, batch: np.ndarray) -> float:
+    run(batch)  # warm-up: first-call allocations
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < CALLS and spent < BUDGET_S:
+        start = time.perf_counter()
+        run(batch)
+        times.append(time.perf_counter() - start)
+        spent += times[-1]
+    return len(batch) / max(statistics.median(times), 1e-9)
+
+
+def _dispatch(small: Raw, large: Raw, crossover: int) -> Raw:
+    return lambda x: small(x) if x.shape[0] < crossover else large(x)
+
+
+def _widened(run: Callable[[np.ndarray], Any], width: int) -> Raw:
+    """The engine's scores as FIL's engines give them: (rows, width), float32. Binary boosters and
+    classifiers converted to ONNX answer both classes' probabilities where FIL gives P(class 1)."""
+
+    def scores(x: np.ndarray) -> np.ndarray:
+        out = np.asarray(run(x), dtype=np.float32).reshape(x.shape[0], -1)
+        return out[:, 1:] if width == 1 and out.shape[1] == 2 else out
+
+    return scores
+
+
+def _open_xgboost(path: Path) -> Callable[[np.ndarray], Any]:
+    import xgboost
+
+    booster = xgboost.Booster(params={"nthread": THREADS}, model_file=str(path))
+    # NOTE: strict_shape: (rows, groups) for every objective; validate_features: the rows are unnamed
+    return lambda x: booster.inplace_predict(x, validate_features=False, strict_shape=True)
+
+
+def _open_onnxruntime(path: Path) -> Callable[[np.ndarray], Any]:
+    import onnxruntime as ort
+
+    from tritonflow.serving.backends.onnx import session_options
+
+    options = session_options()
+    options.log_severity_level = 3  # NOTE: skl2onnx's `label` [1] warns on every batch otherwise
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0].name
+    outputs = [o.name for o in session.get_outputs()]
+    # classifiers: (label, probabilities); regressors: one output of values
+    fetch = "probabilities" if "probabilities" in outputs else outputs[-1]
+    return lambda x: session.run([fetch], {feed: x})[0]
+
+
+_OPENERS: dict[str, Callable[[Path], Callable[[np.ndarray], Any]]] = {
+    "xgboost": _open_xgboost,
+    "onnxruntime": _open_onnxruntime,
+}
