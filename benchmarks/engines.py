@@ -1,13 +1,15 @@
 """Forest engines side by side, through the same `load_backend` the serving node uses.
 
-    python benchmarks/engines.py            # every batch size, ~1-2 minutes on 2 CPU cores
+    python benchmarks/engines.py            # every batch size, ~2-3 minutes on 2 CPU cores
     python benchmarks/engines.py --quick    # a few seconds: smaller batches, shorter timing
 
-Models: a random forest (100 trees, depth 8) and XGBoost (500 rounds, depth 8), both binary
-classifiers over 30 features, answering probabilities, exported by @deploy's own exporters
-(Treelite checkpoint and ONNX). Engines: every one importable here: nvForest on CPU (and on the
-GPU when one is visible), Treelite GTIL, onnxruntime (CUDA too when its provider is installed).
-Prints a table; writes benchmarks/results/engines.json.
+Models: a random forest (100 trees, depth 8), XGBoost (500 rounds, depth 8) and LightGBM (300 rounds,
+depth 8), binary classifiers over 30 features answering probabilities, exported by @deploy's own
+exporters (Treelite checkpoint with its batch engine file, and ONNX). Engines: every one importable
+here: nvForest on CPU (and on the GPU when one is visible), Treelite GTIL, onnxruntime (CUDA too when
+its provider is installed), XGBoost's own predictor on the batch engine file, and `auto`: what the
+node chooses at load (the choice is printed and kept in the results). Prints a table; writes
+benchmarks/results/engines.json.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import onnxruntime as ort
 import treelite
@@ -33,6 +36,7 @@ from machine import RESULTS, machine
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 
+from tritonflow.plugin.batch_engine import with_batch_engine
 from tritonflow.plugin.exporters import Export, config_spec, export_model
 from tritonflow.serving.backends import load_backend
 from tritonflow.serving.backends.base import Backend
@@ -68,15 +72,17 @@ def train(rows: int) -> dict[str, Any]:
     X = X.astype(np.float32)
     rf = RandomForestClassifier(n_estimators=100, max_depth=8, n_jobs=-1, random_state=0)
     booster = xgb.XGBClassifier(n_estimators=500, max_depth=8, random_state=0)
-    return {"rf-100x8": rf.fit(X, y), "xgb-500x8": booster.fit(X, y)}
+    lightgbm = lgb.LGBMClassifier(n_estimators=300, max_depth=8, num_leaves=255, verbose=-1, random_state=0)
+    return {"rf-100x8": rf.fit(X, y), "xgb-500x8": booster.fit(X, y), "lgbm-300x8": lightgbm.fit(X, y)}
 
 
 def config(export: Export, kind: str) -> ModelConfig:
     return build_config(config_spec(export, "bench", max_batch_size=max(BATCHES), instance_kind=kind))
 
 
-def engines() -> list[tuple[str, str, str, str]]:
-    """(label, export format, engine argument, instance kind) for every engine available here."""
+def engines(batch_engine: str | None) -> list[tuple[str, str, str, str]]:
+    """(label, export format, engine argument, instance kind) for every engine available here; the
+    model's batch engine file is read by XGBoost's predictor, or by ONNX Runtime (a row already)."""
     found = [("treelite-gtil", "treelite", "treelite", "cpu")]
     if isinstance(nvforest_or_reason(), ModuleType):
         found.insert(0, ("nvforest-cpu", "treelite", "nvforest", "cpu"))
@@ -85,6 +91,9 @@ def engines() -> list[tuple[str, str, str, str]]:
     found.append(("onnxruntime-cpu", "onnx", "auto", "cpu"))
     if "CUDAExecutionProvider" in ort.get_available_providers():
         found.append(("onnxruntime-cuda", "onnx", "auto", "gpu"))
+    if batch_engine == "xgboost":
+        found.append(("xgboost-cpu", "treelite", "xgboost", "cpu"))
+    found.append(("auto", "treelite", "auto", "cpu"))
     return found
 
 
@@ -103,9 +112,10 @@ def run(backend: Backend, name: str, X: np.ndarray, budget_s: float) -> tuple[fl
 
 def bench_model(
     name: str, estimator: Any, folder: Path, pool: np.ndarray, batches: tuple[int, ...], budget_s: float
-) -> tuple[list[Row], dict[str, float]]:
-    """Every engine on one model; and each engine's largest difference from the first one."""
+) -> tuple[list[Row], dict[str, float], str]:
+    """Every engine on one model; each engine's largest difference from the first one; what auto chose."""
     exports = {fmt: export_model(estimator, fmt, N_FEATURES, NEWEST_TRITON) for fmt in ("treelite", "onnx")}
+    exports["treelite"], note = with_batch_engine(exports["treelite"], pool[:1024])
     folder.mkdir(parents=True)
     for export in exports.values():
         for file, data in export.files.items():
@@ -113,9 +123,13 @@ def bench_model(
     rows: list[Row] = []
     agreement: dict[str, float] = {}
     reference: np.ndarray | None = None
-    for label, fmt, engine, kind in engines():
+    chosen = ""
+    for label, fmt, engine, kind in engines(note["engine"] if note and "left_out" not in note else None):
         export = exports[fmt]
         backend = load_backend(folder, config(export, kind), engine)
+        if label == "auto":
+            chosen = backend.engine
+            print(f"{name}: auto chose {chosen}", flush=True)
         input_name, output_name = export.inputs[0].name, export.outputs[0].name
         probe = backend.predict({input_name: pool[:1024]})[output_name]
         reference = probe if reference is None else reference
@@ -125,7 +139,7 @@ def bench_model(
             rows.append(Row(name, label, batch, seconds * 1e3, batch / seconds, calls))
             print(rows[-1], flush=True)
         backend.unload()
-    return rows, agreement
+    return rows, agreement, chosen
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,18 +155,23 @@ def main(argv: list[str] | None = None) -> None:
 
     rows: list[Row] = []
     agreement: dict[str, dict[str, float]] = {}
+    chosen: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, estimator in train(2_000 if args.quick else 20_000).items():
             folder = Path(tmp) / name / "1"
-            model_rows, agreement[name] = bench_model(name, estimator, folder, pool, batches, budget_s)
+            model_rows, agreement[name], chosen[name] = bench_model(
+                name, estimator, folder, pool, batches, budget_s
+            )
             rows += model_rows
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(_report(rows, agreement, args.quick), indent=2) + "\n")
+    args.out.write_text(json.dumps(_report(rows, agreement, chosen, args.quick), indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
-def _report(rows: list[Row], agreement: dict[str, dict[str, float]], quick: bool) -> dict[str, Any]:
+def _report(
+    rows: list[Row], agreement: dict[str, dict[str, float]], chosen: dict[str, str], quick: bool
+) -> dict[str, Any]:
     nvforest = nvforest_or_reason()
     gpu = ""
     if shutil.which("nvidia-smi"):
@@ -168,7 +187,9 @@ def _report(rows: list[Row], agreement: dict[str, dict[str, float]], quick: bool
             "nvforest": nvforest if isinstance(nvforest, str) else nvforest.__version__,
             "onnxruntime": ort.__version__,
             "xgboost": xgb.__version__,
+            "lightgbm": lgb.__version__,
         },
+        "auto": chosen,  # model -> what `--engine auto` chose at load (FIL's engine, then the crossover)
         # max |probability - first engine's| over 1024 rows: the engines must agree before they race
         "max_abs_diff": agreement,
         "results": [asdict(row) for row in rows],

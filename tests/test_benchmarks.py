@@ -82,8 +82,14 @@ def test_engines_quick(tmp_path: Path) -> None:
     out = tmp_path / "engines.json"
     run(BENCHMARKS / "engines.py", "--quick", "--out", str(out), cwd=tmp_path)
     report = json.loads(out.read_text())
-    assert {"treelite-gtil", "onnxruntime-cpu"} <= {row["engine"] for row in report["results"]}
+    assert {"treelite-gtil", "onnxruntime-cpu", "xgboost-cpu", "auto"} <= {
+        row["engine"] for row in report["results"]
+    }
     assert all(diff < 1e-4 for model in report["max_abs_diff"].values() for diff in model.values())
+    # what auto chose per model: FIL's engine first, then maybe a batch engine from a crossover on
+    assert set(report["auto"]) == {"rf-100x8", "xgb-500x8", "lgbm-300x8"}
+    assert all(c.split("; ")[0] in ("nvforest-cpu", "treelite-gtil", "onnxruntime-cpu", "xgboost-cpu")
+               for c in report["auto"].values())  # fmt: skip
     assert report["machine"]["cores"] == os.cpu_count() and "gpu" in report["machine"]
 
 
