@@ -193,13 +193,14 @@ def test_ready_only_while_every_worker_answers(serve, local_repo):
             # NOTE: a worker asks a stopped peer for up to PEER_TIMEOUT_S['state'] (2 s) before it answers
             client = grpcclient.InferenceServerClient(server.grpc_url)
             try:
-                return client.is_server_ready(client_timeout=10) is False or None
+                return client.is_server_ready(client_timeout=5) is False or None
             except InferenceServerException:  # NOTE: a channel that reached the stopped worker
                 return None
             finally:
                 client.close()
 
-        assert wait_for(refused_over_grpc, timeout=WAIT_S, what="gRPC not ready with worker 0 stopped")
+        # NOTE: a new channel reaches either worker (SO_REUSEPORT): 2 x WAIT_S, at most 5 s a try
+        assert wait_for(refused_over_grpc, timeout=2 * WAIT_S, what="gRPC not ready with worker 0 stopped")
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_for(lambda: ready(server), what="ready again")
