@@ -14,6 +14,9 @@ on this machine, measured by the same client:
   Treelite GTIL) and once on the ONNX export of the same model (ONNX Runtime backend); the first
   engine again with `--workers 2` and `--workers auto` (one per CPU; not run twice where that is 2);
 - the starter pack's FastAPI server, rebuilt in benchmarks/fastapi_baseline.py;
+- the peers users would pick instead (`--peers`, all by default, none with --quick): MLServer,
+  KServe's model server, BentoML and `mlflow models serve`, each in its own environment made by
+  benchmarks/peers/ and checked against predict_proba before timing (benchmarks/peers/__init__.py);
 - real Triton 24.10 with our Python-based `fil` backend, when its environment exists
   (tests/triton/triton_env.py's, cached under ~/.cache/tritonflow/triton-env/; this checkout's
   tritonflow is reinstalled there first, so Triton runs the `fil` backend under test).
@@ -44,6 +47,9 @@ from typing import Any
 
 import numpy as np
 from machine import RESULTS, load_average, machine, say
+from peers import environment as peer_environment
+from peers import parse as parse_peers
+from peers.contenders import environments, left_out, peer_contenders
 from serving_client import batch_scoring, ensure_wrk, latency_summary, sequential, single_row, wrk, wrk_script
 from serving_contenders import (
     Contender,
@@ -101,6 +107,8 @@ class Options:
     triton: triton_env.Backends | None
     gpu: bool
     workdir: Path
+    peers: dict[str, Path]  # peer -> the Python of its environment (benchmarks/peers/)
+    skipped: dict[str, str]
 
 
 def bench_model(model: BenchModel, options: Options) -> dict[str, Any]:
@@ -110,13 +118,17 @@ def bench_model(model: BenchModel, options: Options) -> dict[str, Any]:
     folder.mkdir(parents=True)
     repositories = publish(model, folder / "repositories", options.gpu)
     contenders = contenders_for(model, repositories, folder, options.triton)
-    timed = [c for c in contenders if "sequential" in c.measures]
-    # NOTE: built once, before timing: every round sends each contender the same 1,000 rows
-    requests = {c.label: [single_row(c, row) for row in model.rows[:1_000]] for c in timed}
+    pickled = repositories["fil"].parent / "model.pkl"
+    contenders += peer_contenders(options.peers, model, pickled, folder, options.skipped)
     latencies: dict[str, list[np.ndarray]] = {}
     load: list[dict[str, Any]] = []
     round_loads: list[list[float]] = []
     with running(contenders):
+        dropped = left_out(contenders, model)  # NOTE: a peer that did not start or answers wrong is not timed
+        contenders = [c for c in contenders if c not in dropped]
+        timed = [c for c in contenders if "sequential" in c.measures]
+        # NOTE: built once, before timing: every round sends each contender the same 1,000 rows
+        requests = {c.label: [single_row(c, row) for row in model.rows[:1_000]] for c in timed}
         for contender in contenders:
             contender.engine = model_engine(contender)
         for round_no in range(plan.rounds):
@@ -135,6 +147,7 @@ def bench_model(model: BenchModel, options: Options) -> dict[str, Any]:
         "model": model.name,
         "title": model.title,
         "servers": servers,
+        "peer_problems": {c.label: c.problem for c in dropped},
         "workers": workers_compared(node_engines()[0]),
         "round_load_average": round_loads,
         "sequential": [
@@ -205,6 +218,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="build the cached Triton environment (tests/triton/triton_env.py) if missing",
     )
+    parser.add_argument(
+        "--peers",
+        metavar="all|none|NAME,...",
+        help="the servers users would pick instead, each in its own environment (benchmarks/peers/): "
+        "all (the default), none (--quick's default), or some of mlserver,kserve,bentoml,mlflow",
+    )
     parser.add_argument("--no-load-generator", action="store_true", help="skip the wrk throughput runs")
     parser.add_argument(
         "--gpu", action="store_true", help="batch scoring with nvForest on GPU beside CPU, 1..65,536 rows"
@@ -220,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds:
         plan = dataclasses.replace(plan, rounds=args.rounds)
     skipped: dict[str, str] = {}
+    peers = parse_peers(args.peers or ("none" if args.quick else "all"))
     wrk_path = None if args.no_load_generator else ensure_wrk()
     if wrk_path is None:
         skipped["load tests (wrk)"] = "--no-load-generator" if args.no_load_generator else "no wrk"
@@ -228,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         triton = triton_or_skip(args, workdir, skipped)
         gpu = args.gpu and _gpu_or_skip(skipped)
-        options = Options(plan, wrk_path, triton, gpu, workdir)
+        options = Options(plan, wrk_path, triton, gpu, workdir, environments(peers, skipped), skipped)
         results = []
         for name in plan.models:
             print(f"{name}: training and deploying", flush=True)
@@ -245,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(wrk_path),
         "reference_ms": REFERENCE_MS,
         "skipped": skipped,
+        "peer_environments": {name: peer_environment.facts(name) for name in peers},
         "models": results,
         "targets": [row for result in results for row in targets(result)],
     }

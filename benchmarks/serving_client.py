@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
+from peers.forms import JSON
 from serving_contenders import Contender
 from serving_models import BenchModel
 
@@ -33,7 +34,9 @@ class Request:
 
 
 def single_row(contender: Contender, row: np.ndarray) -> Request:
-    """The contender's native single-row request: KServe v2 JSON, or the starter pack's GET."""
+    """The contender's native single-row request: KServe v2 JSON, the starter pack's GET, or a peer's form."""
+    if contender.form is not None:
+        return Request("POST", contender.form.path, contender.form.encode(row[None, :]), JSON)
     values = row.tolist()
     if contender.protocol == "fastapi":
         return Request("GET", "/predict?data=" + quote(json.dumps(values)), None, {})
@@ -134,8 +137,18 @@ def batch_call(contender: Contender, rows: np.ndarray) -> Callable[[], np.ndarra
     """A function sending one request of `rows` and returning the predicted classes.
 
     KServe contenders get binary tensors through tritonclient.http; the baseline gets the
-    labelled JSON POST variant (its GET cannot carry thousands of rows), body built once.
+    labelled JSON POST variant (its GET cannot carry thousands of rows), body built once;
+    peers their own JSON form, as their users send it.
     """
+    if contender.form is not None:
+        form, body = contender.form, contender.form.encode(rows)
+        session = contender.connect(timeout=600)
+
+        def send() -> np.ndarray:
+            session.request("POST", form.path, body, JSON)
+            return form.decode(session.getresponse().read()).argmax(axis=1)
+
+        return send
     if contender.protocol == "fastapi":
         body = json.dumps(rows.tolist()).encode()
         connection = contender.connect(timeout=600)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peers.forms import Form
 from serving_models import BenchModel
 
 HERE = Path(__file__).resolve().parent
@@ -34,7 +35,8 @@ WORKERS = ("2", "auto")  # `--workers` values run beside the single-process node
 
 @dataclass
 class Contender:
-    """One server process under test; `protocol` decides the request form ("kserve" or "fastapi")."""
+    """One server process under test; `protocol` decides the request form ("kserve", "fastapi", or
+    "peer": the peer's own `form`, benchmarks/peers/)."""
 
     label: str
     protocol: str
@@ -48,6 +50,9 @@ class Contender:
     rss_ready_mb: float = 0.0
     engine: str = ""
     workers: str = "1"  # tritonflow's `--workers`: a count or "auto"
+    form: Form | None = None  # a peer's request and answer
+    ready_path: str = ""  # a peer's health URL; else the protocol's
+    problem: str = ""  # why a peer is not timed: it did not start, or answered wrong
 
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
@@ -93,7 +98,7 @@ def start(contender: Contender) -> None:
 
 def wait_ready(contender: Contender, timeout: float = 120.0) -> None:
     """Until the server answers its health URL; the RSS at that moment is its footprint at rest."""
-    path = "/v2/health/ready" if contender.protocol == "kserve" else "/openapi.json"
+    path = contender.ready_path or ("/v2/health/ready" if contender.protocol == "kserve" else "/openapi.json")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert contender.process is not None
@@ -130,7 +135,13 @@ def running(contenders: list[Contender]) -> Iterator[list[Contender]]:
             start(contender)
             stack.callback(stop, contender)
         for contender in contenders:
-            wait_ready(contender)
+            try:
+                wait_ready(contender)
+            except RuntimeError as exc:
+                if contender.protocol != "peer":
+                    raise
+                contender.problem = f"did not start: {exc}"  # NOTE: reported, not fatal: not ours to fix
+                stop(contender)
         yield contenders
 
 
@@ -272,6 +283,10 @@ def contenders_for(
         workers.measures = frozenset({"sequential", "load"})
         found.append(workers)
     found.append(node("tritonflow onnxruntime", repositories["onnx"], f"{model.name}-onnx", "auto"))
+    # NOTE: the checkpoint with its batch engine file, as `--engine auto` chooses per batch size
+    chosen = node("tritonflow auto", repositories["fil"], model.name, "auto")
+    chosen.measures = frozenset({"sequential", "batch"})
+    found.append(chosen)
     off = node(
         f"tritonflow {engines[0]} batching off", repositories["nobatch"], f"{model.name}-nobatch", engines[0]
     )

@@ -23,6 +23,10 @@ HOW = (
     "starter pack does (RandomForest n_jobs=None), `GET /predict?data=<json>` per row.",
     "workers: the first engine's node again with `--workers 2` (and `--workers auto`: os.cpu_count() "
     "workers), a supervisor and its workers sharing the port; sequential and wrk only, no batch scoring.",
+    "peers: MLServer, KServe's model server, BentoML and `mlflow models serve`, each in its own virtual "
+    "environment (benchmarks/peers/), on their defaults, serving the same model file (MLServer's XGBoost "
+    "runtime: the booster's JSON), asked for predict_proba in their own JSON, single rows and batches alike; "
+    "each checked against the native predict_proba on 8 rows before timing.",
     "triton: Triton 24.10 (nvidia-pytriton) with `tritonflow triton-backends`: its `fil` backend is "
     "tritonflow's Python adapter on the python backend (engine in the tables), not NVIDIA's native FIL.",
 )
@@ -81,8 +85,12 @@ def markdown(report: dict[str, Any]) -> str:
         *(f"- {what} skipped: {why}" for what, why in report["skipped"].items()),
         "",
     ]
+    lines += _peer_environments(report.get("peer_environments", {}))
     for result in report["models"]:
         lines += [*_model_tables(result, plan), *_workers_table(result, report["workers_auto"])]
+        lines += [
+            f"- {label} not timed: {why[:500]}" for label, why in result.get("peer_problems", {}).items()
+        ]
     verdict = {True: "yes", False: "**no**", None: "not measured"}
     rows = [
         [
@@ -107,6 +115,19 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(
         [*lines, "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
     )
+
+
+def _peer_environments(made: dict[str, dict[str, Any]]) -> list[str]:
+    """Each peer's environment: what it pins, how long the set-up took, its size (a user's install)."""
+    rows = [
+        [name, " ".join(facts["requirements"]), f"{facts['install_s']:.0f}", f"{facts['size_mb']:,}"]
+        for name, facts in made.items()
+        if facts
+    ]
+    if not rows:
+        return []
+    lines = ["Peers' environments (~/.cache/tritonflow/peers/, made once by the benchmark, then reused):", ""]
+    return [*lines, *_table("peer|requirements|>install s|>size MB", rows), ""]
 
 
 def _model_tables(result: dict[str, Any], plan: dict[str, Any]) -> list[str]:
@@ -168,7 +189,8 @@ def _model_tables(result: dict[str, Any], plan: dict[str, Any]) -> list[str]:
         lines += [*_table("contender|>connections|>req/s|>req/s per round|>p99 ms|>socket errors", load), ""]
     lines += [
         "Batch scoring: binary tensors through tritonclient.http; FastAPI: a JSON POST variant (the starter "
-        "pack's GET cannot carry the rows). Agreement: predicted class vs the native model's `predict`.",
+        "pack's GET cannot carry the rows); peers: their own JSON. Agreement: predicted class vs the native "
+        "model's `predict`.",
         "",
     ]
     lines += [*_table("contender|>rows per request|>rows/s|>median ms|>agrees", batch), ""]
