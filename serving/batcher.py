@@ -148,6 +148,7 @@ class Batcher:
         on_execution: Callable[[Execution], None],
         traffic: Traffic,
         loop: asyncio.AbstractEventLoop,
+        batch_rows: int = 0,
     ) -> None:
         self.label = label
         self._predict = predict
@@ -165,7 +166,10 @@ class Batcher:
         # The worker's own: requests taken off the queue, by size, and the rows of a chunk.
         self._small: deque[_Item] = deque()
         self._large: deque[_Item] = deque()
-        self._chunk_rows = FIRST_CHUNK_ROWS
+        # NOTE: a batch engine's floor (Backend.batch_rows) lets a chunk run past CHUNK_NS: its rows
+        # at a fraction of the per-row cost beat a small request's shorter wait
+        self._min_chunk_rows = max(MIN_CHUNK_ROWS, batch_rows)
+        self._chunk_rows = max(FIRST_CHUNK_ROWS, self._min_chunk_rows)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"engine {label}", daemon=True)
         self._thread.start()
@@ -344,7 +348,7 @@ class Batcher:
         one call slowed by a busy machine moves it a quarter of the way)."""
         if rows >= MIN_CHUNK_ROWS:  # NOTE: so only the worker writes it: inline calls are smaller
             fitted = rows * CHUNK_NS // max(infer_ns, 1)
-            self._chunk_rows = max(MIN_CHUNK_ROWS, (3 * self._chunk_rows + fitted) // 4)
+            self._chunk_rows = max(self._min_chunk_rows, (3 * self._chunk_rows + fitted) // 4)
 
     # -- back on the loop ------------------------------------------------------------------
     def _finish(self, execution: Execution | None, answers: Answers) -> None:

@@ -88,7 +88,15 @@ class ModelVersion:
     def _runner(self, traffic: Traffic, loop: asyncio.AbstractEventLoop) -> Runner:
         """What runs this version's requests: its engine's batcher (an ensemble runs its steps)."""
         policy = BatchPolicy.from_config(self.config)
-        return Batcher(self.label, self.backend.predict, policy, self.stats.record_execution, traffic, loop)
+        return Batcher(
+            self.label,
+            self.backend.predict,
+            policy,
+            self.stats.record_execution,
+            traffic,
+            loop,
+            self.backend.batch_rows,
+        )
 
     def acquire(self) -> None:
         self.inflight += 1

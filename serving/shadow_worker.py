@@ -105,6 +105,7 @@ def main(conn: Connection, spec: Spec) -> None:
         calls.append,
         Traffic(),
         loop,
+        backend.batch_rows,
     )
     try:
         while (copies := _receive(conn, spec.node_pid)) is not None:

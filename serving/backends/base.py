@@ -15,6 +15,9 @@ class Backend(ABC):
 
     #: what actually runs the model, shown in metadata and logs (e.g. "nvforest-cpu", "treelite-gtil")
     engine: str
+    #: the fewest rows a chunk of a large request should have: below it the engine's own cost per call
+    #: outweighs the rows (a batch engine's, serving/backends/forest_engines.py); 0: the batcher's floor
+    batch_rows: int = 0
 
     @abstractmethod
     def __init__(self, version_dir: Path, config: ModelConfig, engine: str = "auto") -> None:

@@ -33,6 +33,7 @@ from tritonflow.serving.backends.forest_engines import (
     batch_engines,
     fastest,
     open_engine,
+    with_batch_rows,
 )
 from tritonflow.serving.model_config import FilOptions, ModelConfig, fil_options, instance_kind, parameter
 
@@ -78,7 +79,7 @@ class ForestBackend(Backend):
         self.n_features = model.num_feature
         width = _check_shapes(self.path, config, options, model)
         started = _start_engine(self.path, model, config, engine, width)
-        self.engine, self._raw = started.name, started.run
+        self.engine, self._raw, self.batch_rows = started.name, started.run, started.batch_rows
         self._finish = _postprocess(options, width)
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -175,7 +176,7 @@ def _start_engine(path: Path, model: treelite.Model, config: ModelConfig, engine
     """The engine asked for; with "auto" on CPU, FIL's engine joined by the version's batch engines
     (forest_engines.py) for the batch sizes where they measure faster."""
     if engine in ENGINE_FILES:
-        return open_engine(engine, path.parent, width)
+        return with_batch_rows(open_engine(engine, path.parent, width), model.num_feature)
     fil = _fil_engine(path, model, config, engine)
     if engine != "auto" or fil.name == "nvforest-gpu":
         return fil

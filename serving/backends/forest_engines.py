@@ -14,6 +14,7 @@ installed, is left unused with a warning: the version still serves on FIL's engi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import statistics
@@ -37,6 +38,7 @@ SIZES = (1, 16, 64, 256, 1024)
 CALLS = 5  # timed calls per engine and size, at most ...
 BUDGET_S = 0.02  # ... or until this much time went to them
 GAIN = 1.2  # a batch engine takes a size only when this much faster: timing noise never flips it
+PAYS = 0.75  # the share of its largest batch's rows/s from which a batch engine's chunk pays
 AGREE_ROWS = 64
 THREADS = os.cpu_count() or 1
 
@@ -47,6 +49,7 @@ Raw = Callable[[np.ndarray], np.ndarray]  # (rows, n_features) float32 -> (rows,
 class Engine:
     name: str  # as the node shows it, e.g. "xgboost-cpu"
     run: Raw
+    batch_rows: int = 0  # Backend.batch_rows: the chunk size from which its batch engine pays
 
 
 def open_engine(engine: str, version_dir: Path, width: int) -> Engine:
@@ -87,16 +90,34 @@ def fastest(fil: Engine, others: list[Engine], n_features: int) -> Engine:
     agreeing = [e for e in others if _agrees(e, rows[:AGREE_ROWS], expected)]
     if not agreeing:
         return fil
-    speeds = {e.name: [_rows_per_s(e.run, rows[:size]) for size in SIZES] for e in [fil, *agreeing]}
+    speeds = {e.name: _speeds(e, rows) for e in [fil, *agreeing]}
     best = max(agreeing, key=lambda e: speeds[e.name][-1])
     wins = [rate >= GAIN * base for rate, base in zip(speeds[best.name], speeds[fil.name], strict=True)]
     if not wins[-1]:
         return fil
     start = len(wins) - wins[::-1].index(False) if False in wins else 0
+    paying = _paying(speeds[best.name], start)
     if start == 0:
-        return best
+        return dataclasses.replace(best, batch_rows=paying)
     crossover = SIZES[start]
-    return Engine(f"{fil.name}; {best.name} from {crossover} rows", _dispatch(fil.run, best.run, crossover))
+    name = f"{fil.name}; {best.name} from {crossover} rows"
+    return Engine(name, _dispatch(fil.run, best.run, crossover), paying)
+
+
+def with_batch_rows(engine: Engine, n_features: int) -> Engine:
+    """A batch engine run alone (forced), with the chunk size from which it pays, measured."""
+    rows = np.random.default_rng(0).standard_normal((max(SIZES), n_features), dtype=np.float32)
+    return dataclasses.replace(engine, batch_rows=_paying(_speeds(engine, rows), 0))
+
+
+def _speeds(engine: Engine, rows: np.ndarray) -> list[float]:
+    return [_rows_per_s(engine.run, rows[:size]) for size in SIZES]
+
+
+def _paying(rates: list[float], start: int) -> int:
+    """Chunks of large requests as big as it takes the batch engine to reach PAYS of its rows/s on
+    the largest batch (from SIZES[start] on)."""
+    return next(s for s, rate in zip(SIZES[start:], rates[start:], strict=True) if rate >= PAYS * rates[-1])
 
 
 def _agrees(engine: Engine, rows: np.ndarray, expected: np.ndarray) -> bool:

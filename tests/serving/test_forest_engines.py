@@ -134,6 +134,8 @@ def test_auto_sends_large_batches_to_xgboost_on_a_deep_booster(tmp_path: Path) -
     fil, _, rest = backend.engine.partition("; ")
     assert fil in ("nvforest-cpu", "treelite-gtil")
     assert rest.startswith("xgboost-cpu from ") and rest.endswith(" rows"), backend.engine
+    assert backend.batch_rows >= int(rest.split()[2])  # chunks no smaller than the crossover
+    assert loaded(version_dir(tmp_path, export), export, "xgboost").batch_rows > 0
 
 
 def test_a_forced_batch_engine_without_its_file_is_refused(tmp_path: Path) -> None:
@@ -199,6 +201,7 @@ def test_the_crossover_is_where_the_batch_engine_wins_from_then_on() -> None:
     batch = dataclasses.replace(spinning(3e-4, 0.0, batch_calls), name="batch-engine")
     chosen = fastest(fil, [batch], N_FEATURES)
     assert chosen.name == "fil-engine; batch-engine from 1024 rows"
+    assert chosen.batch_rows == 1024  # the batcher's chunks: where the batch engine pays for its call
     fil_calls.clear(), batch_calls.clear()
     rows = np.ones((2000, N_FEATURES), dtype=np.float32)
     for n in (1, 1023, 1024, 2000):
