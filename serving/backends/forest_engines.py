@@ -85,7 +85,7 @@ def fastest(fil: Engine, others: list[Engine], n_features: int) -> Engine:
     """`fil`, or one engine that sends batches from some size on to the fastest of the `others` that
     agree with it: the one fastest on the largest batch, from the smallest size where it, and at
     every larger size, runs GAIN times FIL's engine's rows/s (one crossover: noise never interleaves)."""
-    rows = np.random.default_rng(0).standard_normal((max(SIZES), n_features), dtype=np.float32)
+    rows = _generated(n_features)
     expected = fil.run(rows[:AGREE_ROWS])
     agreeing = [e for e in others if _agrees(e, rows[:AGREE_ROWS], expected)]
     if not agreeing:
@@ -106,8 +106,12 @@ def fastest(fil: Engine, others: list[Engine], n_features: int) -> Engine:
 
 def with_batch_rows(engine: Engine, n_features: int) -> Engine:
     """A batch engine run alone (forced), with the chunk size from which it pays, measured."""
-    rows = np.random.default_rng(0).standard_normal((max(SIZES), n_features), dtype=np.float32)
-    return dataclasses.replace(engine, batch_rows=_paying(_speeds(engine, rows), 0))
+    return dataclasses.replace(engine, batch_rows=_paying(_speeds(engine, _generated(n_features)), 0))
+
+
+def _generated(n_features: int) -> np.ndarray:
+    """The rows engines are checked and timed on: no request's, the same at every load."""
+    return np.random.default_rng(0).standard_normal((max(SIZES), n_features), dtype=np.float32)
 
 
 def _speeds(engine: Engine, rows: np.ndarray) -> list[float]:
