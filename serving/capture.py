@@ -1,13 +1,14 @@
 """Prediction capture, the request side: `tritonflow serve --capture ROOT` keeps what was asked and answered.
 
 `offer`, called by the data plane once a request is answered, samples it (--capture-sample: whole
-requests, all their rows or none), keeps references to its arrays (a request's arrays are its own and
-nothing writes them afterwards, as serving/shadow.py relies on too), appends one entry to a queue and
-returns: no I/O, no pyarrow, no loop over rows on the event loop. The queue is bounded in rows, counting
-every row accepted and not yet written (waiting, buffered by the writer, or kept after a failed write):
-one more request's rows are dropped and counted (tritonflow_capture_dropped_total), the request itself
-answered as ever, and the log says so at most once a minute. serving/capture_writer.py's thread turns
-entries into Parquet files under ROOT, as lineage/capture_layout.py lays them out.
+requests, all their rows or none), copies its fields and values into its partition's columns
+(serving/capture_columns.py: a few appends, no pyarrow, no loop over rows) and returns, so the
+request's own objects are freed as without capture. The queue is bounded in rows, counting every row
+accepted and not yet written (waiting, buffered by the writer, or kept after a failed write): one more
+request's rows are dropped and counted (tritonflow_capture_dropped_total), the request itself
+answered as ever, and the log says so at most once a minute. serving/capture_writer.py's thread takes
+the columns every tick and turns them into Parquet files under ROOT, as lineage/capture_layout.py
+lays them out.
 
 On SIGTERM the app closes the capture after the last request has been answered: every accepted row
 is written. A kill -9 (or a crash) loses the rows not yet written, at most one --capture-window-s of
@@ -22,23 +23,22 @@ import random
 import threading
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from time import perf_counter_ns
-from typing import NamedTuple
 
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.store import Store, open_store
 from tritonflow.serving.batcher import Tensors
+from tritonflow.serving.capture_columns import Partition, Pending
 from tritonflow.serving.metrics import CaptureStats
-from tritonflow.serving.model_version import ModelVersion, Tensor
+from tritonflow.serving.model_version import ModelVersion
 
 log = logging.getLogger("tritonflow.serving")
 
 INPUTS = ("all", "none")
 DEFAULT_FILE_ROWS = 100_000
 DEFAULT_WINDOW_S = 60.0
-# NOTE: ~0.5 KiB a 1-row request of 30 features (its arrays, dicts and entry): ~120 MiB at most
+# NOTE: a 1-row request of 30 FP32 features takes ~0.2 KiB in the columns, more once in Arrow tables
 DEFAULT_QUEUE_ROWS = 250_000
 LOG_EVERY_S = 60.0
 
@@ -70,31 +70,6 @@ class CaptureSettings:
     queue_rows: int = DEFAULT_QUEUE_ROWS  # rows accepted and not yet written, at most
 
 
-@dataclass(frozen=True)
-class Partition:
-    """What every row of one model version shares; its tensors as the config declares them."""
-
-    model: str
-    version: int
-    deployment_id: str
-    inputs: tuple[Tensor, ...]
-    outputs: tuple[Tensor, ...]
-
-
-class Entry(NamedTuple):
-    """One captured request, as the request path hands it over (its arrays kept, not copied); a tuple:
-    built per request on the loop, a frozen dataclass took several times as long."""
-
-    partition: Partition
-    role: str
-    request_id: str | None
-    time_us: int  # when it was answered, microseconds since the epoch
-    latency_us: int  # its time in the node, from the data plane's entry
-    rows: int
-    inputs: Tensors | None  # None: --capture-inputs none
-    outputs: Tensors  # as the client got them (classified where it asked)
-
-
 def check_root(root: str) -> Store:
     """The capture root's store, once a probe file has been written and removed there: a root the node
     cannot write is a one-line error at start-up, not a node that drops every row."""
@@ -114,13 +89,14 @@ def check_root(root: str) -> Store:
 
 
 class Capture:
-    """The bounded queue between the request path (on the loop) and the writer thread."""
+    """The bounded hand-over between the request path (the loop, and shadow workers' threads) and the
+    writer thread: each partition's columns, swapped for empty ones when the writer takes them."""
 
     def __init__(self, settings: CaptureSettings) -> None:
         self.settings = settings
         self.stats = CaptureStats()
-        self._queue: deque[Entry] = deque()  # NOTE: append and popleft are thread-safe
-        self._lock = threading.Lock()  # guards _held and stats.dropped: both threads change them
+        self._lock = threading.Lock()  # guards _pending, _held and stats.dropped: several threads change them
+        self._pending: dict[str, Pending] = {}  # by deployment id
         self._held = 0  # rows accepted and not yet written or dropped
         self._partitions: dict[str, Partition] = {}  # by deployment id
         self._full = Throttled()
@@ -135,38 +111,38 @@ class Capture:
         outputs: Tensors,
         started_ns: int,
     ) -> None:
-        """Queue an answered request's rows, or drop (and count) them when the queue is full."""
+        """Keep an answered request's rows, or drop (and count) them when the queue is full."""
         settings = self.settings
         if settings.sample < 1.0 and random.random() >= settings.sample:
             return
+        latency_us = (perf_counter_ns() - started_ns) // 1000
+        deployment_id = target.stamp["deployment_id"]
         with self._lock:
             full = self._held + rows > settings.queue_rows
             if full:
                 self.stats.dropped += rows
             else:
                 self._held += rows
+                pending = self._pending.get(deployment_id)
+                if pending is None:
+                    pending = self._pending[deployment_id] = Pending(self._partition(target))
+                pending.add(
+                    role,
+                    request_id,
+                    time.time_ns() // 1000,
+                    latency_us,
+                    rows,
+                    inputs if settings.inputs else None,
+                    outputs,
+                )
         if full:
             self._say_full()
-            return
-        latency_us = (perf_counter_ns() - started_ns) // 1000
-        entry = Entry(
-            self._partition(target),
-            role,
-            request_id,
-            time.time_ns() // 1000,
-            latency_us,
-            rows,
-            inputs if settings.inputs else None,
-            outputs,
-        )
-        self._queue.append(entry)
 
-    def take(self) -> list[Entry]:
-        """Every entry queued so far (the writer's side)."""
-        taken = []
-        while self._queue:
-            taken.append(self._queue.popleft())
-        return taken
+    def take(self) -> list[Pending]:
+        """Every partition's requests kept so far (the writer's side)."""
+        with self._lock:
+            taken, self._pending = self._pending, {}
+        return list(taken.values())
 
     def written(self, rows: int) -> None:
         """Accepted rows now in a file: room in the queue again."""

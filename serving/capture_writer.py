@@ -1,12 +1,13 @@
 """Prediction capture, the writer side: a thread that turns captured requests into Parquet files.
 
-Every quarter second it takes what the request path queued (serving/capture.py) and turns it into
-Arrow tables, buffered per partition (model, version, hour of the answer; entries kept as Python
-objects for a whole window slowed every garbage collection under load). It writes a partition's
+Every quarter second it takes the columns the request path filled (serving/capture_columns.py) and
+turns them into Arrow tables, buffered per partition (model, version, hour of the answer; Arrow
+tables are a few objects each, kept for a whole window without slowing the collector). It writes a partition's
 rows as one file when they reach --capture-file-rows or have waited --capture-window-s (and all of
 them when the capture closes), in lineage/capture_layout.py's keys and columns, through the store
-layer (local: temp + rename; S3: one put). Columns are built per tensor from whole arrays
-(concatenate, repeat, offsets), not row by row. A write that fails (the store down) is logged at
+layer (local: temp + rename; S3: one put). Arrow columns are built per tensor from whole buffers
+(frombuffer, repeat, offsets), not row by row: the GIL the loop needs is held for a fraction of a
+millisecond a tick. A write that fails (the store down) is logged at
 most once a minute and counted; its rows stay buffered and are tried again a window later, still
 counting against the queue's bound; at close they are tried once more, then dropped and counted.
 pyarrow is imported here only, when capture is on.
@@ -15,7 +16,6 @@ pyarrow is imported here only, when capture is on.
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import logging
 import threading
@@ -32,21 +32,20 @@ import pyarrow.parquet as pq
 from tritonflow.lineage import capture_layout as layout
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.store import Store
-from tritonflow.serving.capture import Capture, Entry, Partition, Throttled
+from tritonflow.serving.capture import Capture, Throttled
+from tritonflow.serving.capture_columns import Column, Partition, Pending
 from tritonflow.serving.heap import settle_heap
 from tritonflow.serving.model_version import Tensor
 
 log = logging.getLogger("tritonflow.serving")
 
 METADATA = "tritonflow.capture"  # the key of SCHEMA; the keys below start with it too
-TICK_S = 0.25  # how often the writer turns queued entries into tables
-CHUNK = 256  # entries made one table between two GIL switches (~1 ms; 64: a third less throughput)
+TICK_S = 0.25  # how often the writer turns the columns kept into tables
 
 
 @dataclass
 class _Buffer:
-    """A partition's rows not yet written, as Arrow tables (a few objects each, where the entries they
-    were built from were several per request: kept for a whole window, those slowed every GC pass)."""
+    """A partition's rows not yet written, as Arrow tables."""
 
     partition: Partition
     since: float  # monotonic: when its oldest row arrived, or its last write failed
@@ -67,6 +66,7 @@ class Writer:
         self._node = uuid.uuid4().hex[:8]  # NOTE: in file names, so nodes sharing a root never collide
         self._files = 0
         self._failed = Throttled()
+        self._unfit = Throttled()
 
     def start(self) -> None:
         # NOTE: pyarrow imports pandas on its first table (~0.6 s holding the GIL): here, before serving,
@@ -99,35 +99,36 @@ class Writer:
                 return
 
     def _gather(self) -> None:
-        """The entries queued since the last tick, into their partitions' buffers as tables, CHUNK
-        entries at a time with the GIL let go in between: the loop then waits for one chunk at
-        most, not for the whole tick's work (which tripled p99 at 64 connections)."""
+        """The requests kept since the last tick, into their partitions' buffers as tables."""
         now = time.monotonic()
-        new: dict[tuple[str, str], list[Entry]] = {}
-        taken = self.capture.take()
-        for start in range(0, len(taken), CHUNK):
-            chunk = taken[start : start + CHUNK]
-            for hour, entries in _by_hour(chunk):
-                for entry in entries:
-                    new.setdefault((entry.partition.deployment_id, hour), []).append(entry)
-        for key, entries in new.items():
-            for start in range(0, len(entries), CHUNK):
-                self._buffer(key, entries[start : start + CHUNK], now)
-                time.sleep(0)  # NOTE: a GIL switch: requests waiting on the loop go first
-
-    def _buffer(self, key: tuple[str, str], entries: list[Entry], now: float) -> None:
-        rows = sum(e.rows for e in entries)
-        try:
-            built = table(entries)
-        except (pa.ArrowException, ValueError) as exc:  # NOTE: never the thread's end: later rows still count
-            self.capture.dropped(rows)
-            log.error("capture: %d rows of %s dropped, not convertible to Arrow: %s", rows, key[0], exc)
-            return
-        buffer = self._buffers.get(key)
-        if buffer is None:
-            buffer = self._buffers[key] = _Buffer(entries[0].partition, now)
-        buffer.tables.append(built)
-        buffer.rows += rows
+        for pending in self.capture.take():
+            rows = sum(pending.rows)
+            try:
+                tables = by_hour(pending)
+            except (pa.ArrowException, ValueError) as exc:  # NOTE: never the thread's end: later rows count
+                self.capture.dropped(rows)
+                log.error(
+                    "capture: %d rows of %s dropped, not convertible to Arrow: %s",
+                    rows,
+                    pending.partition.deployment_id,
+                    exc,
+                )
+                continue
+            if pending.unfit:
+                self._unfit.warning(
+                    "capture: %d tensors of %s left out (null in their rows): a tensor came in another "
+                    "datatype than the requests just before (classified and raw outputs of one name), or "
+                    "its values were not the same number for each of its rows",
+                    pending.unfit,
+                    pending.partition.deployment_id,
+                )
+            for hour, built in tables:
+                key = (pending.partition.deployment_id, hour)
+                buffer = self._buffers.get(key)
+                if buffer is None:
+                    buffer = self._buffers[key] = _Buffer(pending.partition, now)
+                buffer.tables.append(built)
+                buffer.rows += built.num_rows
 
     def _flush(self, key: tuple[str, str], buffer: _Buffer) -> None:
         """Write the buffer as files of at most --capture-file-rows rows; what fails stays buffered."""
@@ -165,47 +166,45 @@ class Writer:
         )
 
 
-def _by_hour(entries: list[Entry]) -> list[tuple[str, list[Entry]]]:
-    """`entries` (in arrival order) by the hour of their answer: one datetime per chunk, not per
-    entry, unless the chunk spans an hour's end."""
-    first, last = (_hour(entries[i].time_us) for i in (0, -1))
+def by_hour(pending: Pending) -> list[tuple[str, pa.Table]]:
+    """The pending requests' rows as tables, one per hour of their answers (one, unless the tick
+    spans an hour's end)."""
+    captured = table(pending)
+    hours = np.frombuffer(pending.times, np.int64) // 3_600_000_000
+    first, last = int(hours.min()), int(hours.max())
     if first == last:
-        return [(first, entries)]
-    hours: dict[str, list[Entry]] = {}
-    for entry in entries:
-        hours.setdefault(_hour(entry.time_us), []).append(entry)
-    return list(hours.items())
+        return [(_hour(first), captured)]
+    rows = np.frombuffer(pending.rows, np.int64)
+    return [
+        (_hour(h), captured.filter(pa.array(np.repeat(hours == h, rows)))) for h in np.unique(hours).tolist()
+    ]
 
 
-def _hour(time_us: int) -> str:
-    return layout.hour_of(datetime.fromtimestamp(time_us / 1e6, UTC))
+def _hour(hours: int) -> str:
+    """The hour partition of a count of hours since the epoch."""
+    return layout.hour_of(datetime.fromtimestamp(hours * 3600, UTC))
 
 
-def table(entries: Sequence[Entry]) -> pa.Table:
-    """The rows of `entries` (all of one partition), with that partition's metadata.
-
-    NOTE: this runs holding the GIL the event loop needs, so each step is one pass in C where it can
-    be: the entries' fields transposed by zip, and requests of one row each (the usual case) take
-    no repeats."""
-    partitions, roles, request_ids, times, latencies, counts, inputs, outputs = zip(*entries, strict=True)
-    rows = np.array(counts, np.int64)
+def table(pending: Pending) -> pa.Table:
+    """The rows of the pending requests (all of one partition), with that partition's metadata."""
+    rows = np.frombuffer(pending.rows, np.int64)
     total = int(rows.sum())
-    repeat = _repeat if total > len(entries) else _as_is
+    repeat = _repeat if total > len(rows) else _as_is
     starts = np.cumsum(rows) - rows
     columns: dict[str, pa.Array] = {
-        layout.REQUEST_ID: pa.array(repeat(request_ids, rows, object), pa.string()),
+        layout.REQUEST_ID: pa.array(repeat(pending.request_ids, rows, object), pa.string()),
         layout.ROW: pa.array((np.arange(total) - np.repeat(starts, rows)).astype(np.int32)),
-        layout.TIME: pa.array(repeat(times, rows), pa.timestamp("us", tz="UTC")),
-        layout.DEPLOYMENT_ID: pa.array(np.full(total, partitions[0].deployment_id, object), pa.string()),
-        layout.ROLE: pa.array(repeat(roles, rows, object), pa.string()),
-        layout.LATENCY_US: pa.array(repeat(latencies, rows)),
+        layout.TIME: pa.array(
+            repeat(np.frombuffer(pending.times, np.int64), rows), pa.timestamp("us", tz="UTC")
+        ),
+        layout.DEPLOYMENT_ID: pa.array(np.full(total, pending.partition.deployment_id, object), pa.string()),
+        layout.ROLE: pa.array(repeat(pending.roles, rows, object), pa.string()),
+        layout.LATENCY_US: pa.array(repeat(np.frombuffer(pending.latencies, np.int64), rows)),
     }
-    for prefix, tensors in ((layout.INPUT, inputs), (layout.OUTPUT, outputs)):
-        # NOTE: None (inputs not captured) and {} hold no names; chain walks the dicts' keys in C
-        names = dict.fromkeys(itertools.chain.from_iterable(filter(None, tensors)))
-        for name in names:
-            columns[prefix + name] = _tensor_column([t.get(name) if t else None for t in tensors], rows)
-    return pa.table(columns).replace_schema_metadata(_metadata(partitions[0]))
+    for prefix, tensors in ((layout.INPUT, pending.inputs), (layout.OUTPUT, pending.outputs)):
+        for name, column in tensors.items():
+            columns[prefix + name] = _tensor_column(column, rows)
+    return pa.table(columns).replace_schema_metadata(_metadata(pending.partition))
 
 
 def parquet(captured: pa.Table) -> bytes:
@@ -221,44 +220,35 @@ def concat(tables: Sequence[pa.Table]) -> pa.Table:
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
 
 
-def _repeat(values: Sequence[object], rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
+def _repeat(values: Sequence[object] | np.ndarray, rows: np.ndarray, dtype: type = np.int64) -> np.ndarray:
     """A request's value for each of its rows."""
-    return np.repeat(np.array(values, dtype=dtype), rows)
+    return np.repeat(np.asarray(values, dtype=dtype), rows)
 
 
-def _as_is(values: Sequence[object], rows: np.ndarray, dtype: type = np.int64) -> Sequence[object]:
+def _as_is(
+    values: Sequence[object] | np.ndarray, rows: np.ndarray, dtype: type = np.int64
+) -> Sequence[object] | np.ndarray:
     """`_repeat` where every request has one row: the values themselves."""
     return values
 
 
-def _tensor_column(arrays: list[np.ndarray | None], rows: np.ndarray) -> pa.Array:
-    """A list column: each row's flattened values; null for the requests that lack the tensor. BYTES
-    tensors (object arrays of bytes) as Arrow strings: the codec admits only UTF-8 text, and a reader
-    (drift, lookup, pandas) then gets str, not bytes."""
-    total = int(rows.sum())
-    uniform = _uniform(arrays, total)
-    if uniform is not None:  # NOTE: every request has it, in one per-row shape: one concatenate
-        values = uniform.reshape(-1)
-        offsets = (np.arange(total + 1, dtype=np.int64) * (values.size // total)).astype(np.int32)
-        mask = None
-    else:
-        present = np.array([a is not None for a in arrays])
-        widths = np.array([a.size // n if a is not None else 0 for a, n in zip(arrays, rows, strict=True)])
-        values = np.concatenate([a.reshape(-1) for a in arrays if a is not None])
-        offsets = np.concatenate([[0], np.cumsum(np.repeat(widths, rows))]).astype(np.int32)
-        mask = None if present.all() else pa.array(np.repeat(~present, rows))
+def _tensor_column(column: Column, rows: np.ndarray) -> pa.Array:
+    """A list column: each row's flattened values; null in the rows of requests that lack the tensor.
+    BYTES tensors as Arrow strings: the codec admits only UTF-8 text, and a reader (drift, lookup,
+    pandas) then gets str, not bytes."""
+    values = column.values()
+    entries = np.frombuffer(column.entries, np.int64)
+    widths = np.zeros(len(rows), np.int64)
+    widths[entries] = np.frombuffer(column.widths, np.int64)
+    offsets = np.zeros(int(rows.sum()) + 1, np.int64)
+    np.cumsum(np.repeat(widths, rows), out=offsets[1:])
+    mask = None
+    if len(entries) < len(rows):
+        lacking = np.ones(len(rows), bool)
+        lacking[entries] = False
+        mask = pa.array(np.repeat(lacking, rows))
     flat = pa.array(values, pa.string()) if values.dtype == object else pa.array(values)
-    return pa.ListArray.from_arrays(pa.array(offsets), flat, mask=mask)
-
-
-def _uniform(arrays: list[np.ndarray | None], total: int) -> np.ndarray | None:
-    """The arrays joined along their rows when all are present and agree on the rest of their shape
-    (batch first: `total` rows in all, 2-D or more); None otherwise."""
-    try:
-        joined: np.ndarray = np.concatenate(arrays)  # type: ignore[arg-type]  # NOTE: None fails too
-    except (ValueError, TypeError):
-        return None
-    return joined if joined.ndim >= 2 and joined.shape[0] == total > 0 else None
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), flat, mask=mask)
 
 
 @functools.cache
