@@ -1,13 +1,15 @@
 """What prediction capture costs the clients: throughput and latency at 64 connections, capture off and on.
 
-    python benchmarks/capture.py            # ~2 minutes on 2 CPU cores
-    python benchmarks/capture.py --quick    # a smoke check in under a minute
+    python benchmarks/capture.py            # ~3 minutes on 2 CPU cores
+    python benchmarks/capture.py --quick    # a smoke check in about a minute
 
 Two nodes (`python -m tritonflow serve`) run side by side on the same repository (benchmarks/shadow.py's:
 v1 the champion, a random forest of 100 trees of depth 8 over 30 features, deployed by @deploy's code);
 one captures every row of every request (`--capture <tmp> --capture-sample 1 --capture-window-s 5`,
 inputs too). wrk sends 1-row KServe v2 JSON requests at 64 connections to each node in turn, rounds
-alternating which node goes first; the figures are medians over the rounds. The capture node's
+alternating which node goes first, with 6 s of quiet after each measure (the capture node writes what
+it still holds a window later: not during the other node's measure). The figures are medians over
+the rounds, and the median of the rounds' own ratios. The capture node's
 counters (rows written, dropped: its queue was full, files) say what the capture kept.
 
 Writes benchmarks/results/capture.json and capture.md.
@@ -23,10 +25,11 @@ from typing import Any
 from machine import preamble, write_report
 from serving_contenders import running, tritonflow_contender
 from shadow import MODEL, N_FEATURES, deploy
-from side_by_side import arguments, measure, medians, metrics_text
+from side_by_side import arguments, measure, medians, metrics_text, round_ratios
 
 CONNECTIONS = (64,)
 NODES = ("capture off", "capture on")
+WINDOW_S = 5  # --capture-window-s (default 60): files are written during the measures, their cost counted
 TITLE = "Capture: throughput and latency with and without prediction capture"
 
 
@@ -38,7 +41,7 @@ def capture_counts(port: int) -> dict[str, float]:
 
 def markdown(report: dict[str, Any]) -> str:
     off, on = report["medians"]
-    counts = report["capture_counts"]
+    counts, ratios = report["capture_counts"], report["round_ratios"]
     return "\n".join(
         [
             *preamble(
@@ -56,8 +59,11 @@ def markdown(report: dict[str, Any]) -> str:
                 for r in report["medians"]
             ),
             "",
-            f"Capture on against off: throughput {on['requests_per_s'] / off['requests_per_s'] - 1:+.1%}, "
-            f"p99 {on['p99_ms'] / off['p99_ms'] - 1:+.1%}. Over the whole run the capture node wrote "
+            "Capture on against off, medians: "
+            f"throughput {on['requests_per_s'] / off['requests_per_s'] - 1:+.1%}, "
+            f"p99 {on['p99_ms'] / off['p99_ms'] - 1:+.1%}; within a round (the median of the rounds' "
+            f"ratios): throughput {ratios['requests_per_s'] - 1:+.1%}, p99 {ratios['p99_ms'] - 1:+.1%}. "
+            "Over the whole run the capture node wrote "
             f"{counts.get('rows', 0):,.0f} rows in {counts.get('files', 0):,.0f} files, dropped "
             f"{counts.get('dropped', 0):,.0f} (queue full), {counts.get('failures', 0):,.0f} failed writes.",
             "",
@@ -71,17 +77,18 @@ def main() -> None:
         root = Path(tmp)
         repository = deploy(root / "repo", with_shadow=False)
         nodes = [tritonflow_contender(label, repository, MODEL, "auto", workdir=root) for label in NODES]
-        # NOTE: a 5 s window (default 60 s): files are written during the measures, their cost counted
         nodes[1].command += ["--capture", str(root / "captures"), "--capture-sample", "1"]
-        nodes[1].command += ["--capture-window-s", "5"]
+        nodes[1].command += ["--capture-window-s", str(WINDOW_S)]
         with running(nodes):
-            rows = measure(nodes, wrk_path, rounds, seconds, CONNECTIONS, N_FEATURES)
+            # NOTE: the capture node writes what it holds a window after its measure: not in the other's
+            rows = measure(nodes, wrk_path, rounds, seconds, CONNECTIONS, N_FEATURES, settle_s=WINDOW_S + 1)
             counts = capture_counts(nodes[1].port)
     report = {
         "quick": args.quick,
         "rounds": rounds,
         "seconds": seconds,
         "medians": medians(rows, NODES, CONNECTIONS),
+        "round_ratios": round_ratios(rows, NODES[1], NODES[0], CONNECTIONS[0]),
         "capture_counts": counts,
         "runs": rows,
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,17 @@ def arguments(doc: str) -> tuple[argparse.Namespace, str, int, int]:
 
 
 def measure(
-    nodes: list[Any], wrk_path: str, rounds: int, seconds: int, connections: tuple[int, ...], features: int
+    nodes: list[Any],
+    wrk_path: str,
+    rounds: int,
+    seconds: int,
+    connections: tuple[int, ...],
+    features: int,
+    settle_s: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """wrk with 1-row JSON requests at each connection count on each node, `rounds` times."""
+    """wrk with 1-row JSON requests at each connection count on each node, `rounds` times; `settle_s`
+    of quiet after each measure, for work a node does after its load (the next node's measure must
+    not pay for it)."""
     row = np.random.default_rng(0).random(features).astype(np.float32)
     rows = []
     for round_no in range(rounds):
@@ -44,6 +53,7 @@ def measure(
             script = wrk_script(single_row(node, row), node.log.with_suffix(".lua"))
             for count in connections:
                 stats = wrk(wrk_path, node, script, count, seconds)
+                time.sleep(settle_s)
                 rows.append({"contender": node.label, "connections": count, "round": round_no + 1, **stats})
                 say(
                     f"round {round_no + 1} c{count} {node.label}: {stats['requests_per_s']:,.0f} req/s, "
@@ -63,6 +73,16 @@ def medians(
             figures = {k: statistics.median(r[k] for r in mine) for k in FIGURES}
             out.append({"node": node, "connections": count, "rounds": len(mine), **figures})
     return out
+
+
+def round_ratios(rows: list[dict[str, Any]], node: str, base: str, count: int) -> dict[str, float]:
+    """Per figure, the median over rounds of `node`'s figure over `base`'s in the same round: the two
+    measures of a round saw the same machine, so noise between rounds cancels."""
+    by_round = {(r["contender"], r["round"]): r for r in rows if r["connections"] == count}
+    pairs = [
+        (by_round[node, n], by_round[base, n]) for c, n in by_round if c == node and (base, n) in by_round
+    ]
+    return {k: statistics.median(mine[k] / theirs[k] for mine, theirs in pairs) for k in FIGURES}
 
 
 def metrics_text(port: int) -> str:

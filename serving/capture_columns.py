@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 
@@ -32,76 +33,76 @@ class Partition:
     outputs: tuple[Tensor, ...]
 
 
-@dataclass
 class Column:
     """One tensor's values over the requests that had it, flat and in arrival order."""
 
-    dtype: np.dtype
-    data: bytearray | list[object]  # numbers as bytes; BYTES tensors (object arrays) as their items
-    entries: array[int] = field(default_factory=lambda: array("q"))  # which requests had it
-    widths: array[int] = field(default_factory=lambda: array("q"))  # their values per row
+    __slots__ = ("dtype", "text", "data", "index")
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = dtype
+        self.text = dtype.kind == "O"  # BYTES tensors: object arrays of bytes, kept as their items
+        self.data: bytearray | list[object] = [] if self.text else bytearray()
+        self.index: array[int] = array("q")  # (request, values per row) of each request that had it
 
     def add(self, entry: int, values: np.ndarray, rows: int) -> bool:
         """Append one request's values; False (nothing kept) when they do not fit the column: another
         datatype than the requests before (a classified output beside a raw one), or not `rows` rows."""
-        width = values.size // rows if rows else 0
-        if values.dtype != self.dtype or width * rows != values.size:
+        size = values.size
+        width = size // rows if rows else 0
+        dtype = values.dtype
+        if (dtype is not self.dtype and dtype != self.dtype) or width * rows != size:
             return False
-        if isinstance(self.data, list):
-            self.data.extend(values.reshape(-1).tolist())
+        if self.text:
+            self.data.extend(values.ravel().tolist())
         else:
-            self.data += values.tobytes()  # NOTE: one copy in C, in row-major order whatever the strides
-        self.entries.append(entry)
-        self.widths.append(width)
+            self.data += values.tobytes()  # type: ignore[operator]  # NOTE: one copy in C, row-major
+        self.index.extend((entry, width))
         return True
 
     def values(self) -> np.ndarray:
         """Every value kept, as one flat array (numbers without a copy)."""
-        if isinstance(self.data, list):
+        if self.text:
             return np.array(self.data, dtype=object)
-        return np.frombuffer(self.data, self.dtype)
+        return np.frombuffer(self.data, self.dtype)  # type: ignore[arg-type]
+
+    def entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """The requests that had this tensor, and their values per row."""
+        pairs = np.frombuffer(self.index, np.int64).reshape(-1, 2)
+        return pairs[:, 0], pairs[:, 1]
 
 
-def column_for(values: np.ndarray) -> Column:
-    return Column(values.dtype, [] if values.dtype == object else bytearray())
+# NOTE: a request's own fields: role, request id, when it was answered and its time in the node
+# (microseconds since the epoch, and in the node from the data plane's entry), rows. A plain tuple:
+# a NamedTuple's constructor runs in Python, on every request
+Fields = tuple[str, str | None, int, int, int]
+TIME_US: Final = 2  # where a Fields holds them
+ROWS: Final = 4
 
 
 @dataclass
 class Pending:
-    """One partition's requests answered since the writer last took them: a row of fields each, and
-    the columns of their tensors."""
+    """One partition's requests answered since the writer last took them: their fields, and the
+    columns of their tensors."""
 
     partition: Partition
-    roles: list[str] = field(default_factory=list)
-    request_ids: list[str | None] = field(default_factory=list)
-    times: array[int] = field(default_factory=lambda: array("q"))  # microseconds since the epoch
-    latencies: array[int] = field(default_factory=lambda: array("q"))  # microseconds in the node
-    rows: array[int] = field(default_factory=lambda: array("q"))  # each request's rows
+    fields: list[Fields] = field(default_factory=list)
     inputs: dict[str, Column] = field(default_factory=dict)
     outputs: dict[str, Column] = field(default_factory=dict)
     unfit: int = 0  # tensors left out (null in their rows): Column.add refused them
 
-    def add(
-        self,
-        role: str,
-        request_id: str | None,
-        time_us: int,
-        latency_us: int,
-        rows: int,
-        inputs: Tensors | None,
-        outputs: Tensors,
-    ) -> None:
+    def add(self, fields: Fields, inputs: Tensors | None, outputs: Tensors) -> None:
         """One answered request; `inputs` None: --capture-inputs none."""
-        entry = len(self.rows)
-        self.roles.append(role)
-        self.request_ids.append(request_id)
-        self.times.append(time_us)
-        self.latencies.append(latency_us)
-        self.rows.append(rows)
-        for tensors, columns in ((inputs, self.inputs), (outputs, self.outputs)):
-            for name, values in (tensors or {}).items():
-                column = columns.get(name)
-                if column is None:
-                    column = columns[name] = column_for(values)
-                if not column.add(entry, values, rows):
-                    self.unfit += 1
+        entry = len(self.fields)
+        self.fields.append(fields)
+        rows = fields[ROWS]
+        if inputs:
+            self._add(self.inputs, entry, inputs, rows)
+        self._add(self.outputs, entry, outputs, rows)
+
+    def _add(self, columns: dict[str, Column], entry: int, tensors: Tensors, rows: int) -> None:
+        for name, values in tensors.items():
+            column = columns.get(name)
+            if column is None:
+                column = columns[name] = Column(values.dtype)
+            if not column.add(entry, values, rows):
+                self.unfit += 1

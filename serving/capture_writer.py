@@ -33,7 +33,7 @@ from tritonflow.lineage import capture_layout as layout
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.lineage.store import Store
 from tritonflow.serving.capture import Capture, Throttled
-from tritonflow.serving.capture_columns import Column, Partition, Pending
+from tritonflow.serving.capture_columns import ROWS, TIME_US, Column, Partition, Pending
 from tritonflow.serving.heap import settle_heap
 from tritonflow.serving.model_version import Tensor
 
@@ -102,7 +102,7 @@ class Writer:
         """The requests kept since the last tick, into their partitions' buffers as tables."""
         now = time.monotonic()
         for pending in self.capture.take():
-            rows = sum(pending.rows)
+            rows = sum(f[ROWS] for f in pending.fields)
             try:
                 tables = by_hour(pending)
             except (pa.ArrowException, ValueError) as exc:  # NOTE: never the thread's end: later rows count
@@ -170,11 +170,11 @@ def by_hour(pending: Pending) -> list[tuple[str, pa.Table]]:
     """The pending requests' rows as tables, one per hour of their answers (one, unless the tick
     spans an hour's end)."""
     captured = table(pending)
-    hours = np.frombuffer(pending.times, np.int64) // 3_600_000_000
+    hours = np.array([f[TIME_US] for f in pending.fields], np.int64) // 3_600_000_000
     first, last = int(hours.min()), int(hours.max())
     if first == last:
         return [(_hour(first), captured)]
-    rows = np.frombuffer(pending.rows, np.int64)
+    rows = np.array([f[ROWS] for f in pending.fields], np.int64)
     return [
         (_hour(h), captured.filter(pa.array(np.repeat(hours == h, rows)))) for h in np.unique(hours).tolist()
     ]
@@ -187,19 +187,18 @@ def _hour(hours: int) -> str:
 
 def table(pending: Pending) -> pa.Table:
     """The rows of the pending requests (all of one partition), with that partition's metadata."""
-    rows = np.frombuffer(pending.rows, np.int64)
+    roles, request_ids, times, latencies, counts = zip(*pending.fields, strict=True)
+    rows = np.array(counts, np.int64)
     total = int(rows.sum())
     repeat = _repeat if total > len(rows) else _as_is
     starts = np.cumsum(rows) - rows
     columns: dict[str, pa.Array] = {
-        layout.REQUEST_ID: pa.array(repeat(pending.request_ids, rows, object), pa.string()),
+        layout.REQUEST_ID: pa.array(repeat(request_ids, rows, object), pa.string()),
         layout.ROW: pa.array((np.arange(total) - np.repeat(starts, rows)).astype(np.int32)),
-        layout.TIME: pa.array(
-            repeat(np.frombuffer(pending.times, np.int64), rows), pa.timestamp("us", tz="UTC")
-        ),
+        layout.TIME: pa.array(repeat(times, rows), pa.timestamp("us", tz="UTC")),
         layout.DEPLOYMENT_ID: pa.array(np.full(total, pending.partition.deployment_id, object), pa.string()),
-        layout.ROLE: pa.array(repeat(pending.roles, rows, object), pa.string()),
-        layout.LATENCY_US: pa.array(repeat(np.frombuffer(pending.latencies, np.int64), rows)),
+        layout.ROLE: pa.array(repeat(roles, rows, object), pa.string()),
+        layout.LATENCY_US: pa.array(repeat(latencies, rows)),
     }
     for prefix, tensors in ((layout.INPUT, pending.inputs), (layout.OUTPUT, pending.outputs)):
         for name, column in tensors.items():
@@ -237,9 +236,9 @@ def _tensor_column(column: Column, rows: np.ndarray) -> pa.Array:
     BYTES tensors as Arrow strings: the codec admits only UTF-8 text, and a reader (drift, lookup,
     pandas) then gets str, not bytes."""
     values = column.values()
-    entries = np.frombuffer(column.entries, np.int64)
+    entries, entry_widths = column.entries()
     widths = np.zeros(len(rows), np.int64)
-    widths[entries] = np.frombuffer(column.widths, np.int64)
+    widths[entries] = entry_widths
     offsets = np.zeros(int(rows.sum()) + 1, np.int64)
     np.cumsum(np.repeat(widths, rows), out=offsets[1:])
     mask = None
