@@ -50,6 +50,7 @@ from machine import RESULTS, load_average, machine, say
 from peers import environment as peer_environment
 from peers import parse as parse_peers
 from peers.contenders import environments, left_out, peer_contenders
+from peers.forms import v2_json
 from serving_client import batch_scoring, ensure_wrk, latency_summary, sequential, single_row, wrk, wrk_script
 from serving_contenders import (
     Contender,
@@ -186,12 +187,15 @@ def load_round(
 def batch_rows(contender: Contender, model: BenchModel, options: Options) -> list[dict[str, Any]]:
     """Batch scoring at each size; with --gpu, nvForest (GPU and CPU) over 1..65,536 rows."""
     sizes = GPU_BATCH_ROWS if options.gpu and "nvforest" in contender.label else options.plan.batch_rows
+    forms = {contender.label: None}
+    if "batch-json" in contender.measures:  # NOTE: the same node, sent v2 JSON bodies as well
+        forms[f"{contender.label} (JSON)"] = v2_json(contender.model)
     rows = []
     for n_rows in sizes:
-        rows.append(
-            {"contender": contender.label, **batch_scoring(contender, model, n_rows, options.plan.batch_s)}
-        )
-        say(f"{model.name} batch {n_rows} rows {contender.label}: {rows[-1]['rows_per_s']:,.0f} rows/s")
+        for label, form in forms.items():
+            scored = batch_scoring(contender, model, n_rows, options.plan.batch_s, form)
+            rows.append({"contender": label, **scored})
+            say(f"{model.name} batch {n_rows} rows {label}: {scored['rows_per_s']:,.0f} rows/s")
     return rows
 
 

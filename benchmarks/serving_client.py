@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from peers.forms import JSON
+from peers.forms import JSON, Form
 from serving_contenders import Contender
 from serving_models import BenchModel
 
@@ -133,15 +133,16 @@ def wrk(
 
 
 # -- batch scoring -------------------------------------------------------------------------------------
-def batch_call(contender: Contender, rows: np.ndarray) -> Callable[[], np.ndarray]:
+def batch_call(contender: Contender, rows: np.ndarray, form: Form | None = None) -> Callable[[], np.ndarray]:
     """A function sending one request of `rows` and returning the predicted classes.
 
-    KServe contenders get binary tensors through tritonclient.http; the baseline gets the
-    labelled JSON POST variant (its GET cannot carry thousands of rows), body built once;
-    peers their own JSON form, as their users send it.
+    KServe contenders get binary tensors through tritonclient.http, or `form` (e.g. v2 JSON); the
+    baseline gets the labelled JSON POST variant (its GET cannot carry thousands of rows), body built
+    once; peers their own JSON form, as their users send it.
     """
-    if contender.form is not None:
-        form, body = contender.form, contender.form.encode(rows)
+    form = form or contender.form
+    if form is not None:
+        body = form.encode(rows)
         session = contender.connect(timeout=600)
 
         def send() -> np.ndarray:
@@ -171,10 +172,12 @@ def batch_call(contender: Contender, rows: np.ndarray) -> Callable[[], np.ndarra
     return infer
 
 
-def batch_scoring(contender: Contender, model: BenchModel, n_rows: int, budget_s: float) -> dict[str, Any]:
+def batch_scoring(
+    contender: Contender, model: BenchModel, n_rows: int, budget_s: float, form: Form | None = None
+) -> dict[str, Any]:
     """Rows/s of `n_rows`-row requests (median call), and agreement with the native model's classes."""
     rows = model.rows[:n_rows]
-    call = batch_call(contender, rows)
+    call = batch_call(contender, rows, form)
     agreement = float(np.mean(call() == model.estimator.predict(rows)))
     times: list[float] = []
     deadline = time.perf_counter() + budget_s

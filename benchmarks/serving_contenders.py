@@ -285,7 +285,7 @@ def contenders_for(
     found.append(node("tritonflow onnxruntime", repositories["onnx"], f"{model.name}-onnx", "auto"))
     # NOTE: the checkpoint with its batch engine file, as `--engine auto` chooses per batch size
     chosen = node("tritonflow auto", repositories["fil"], model.name, "auto")
-    chosen.measures = frozenset({"sequential", "batch"})
+    chosen.measures = frozenset({"sequential", "batch", "batch-json"})
     found.append(chosen)
     off = node(
         f"tritonflow {engines[0]} batching off", repositories["nobatch"], f"{model.name}-nobatch", engines[0]

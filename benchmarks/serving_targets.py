@@ -74,7 +74,25 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(
             target("nvForest mapped by --engine treelite", treelite, mapped, "0 (no)", lambda x: x == 0)
         )
-    return rows + workers_targets(result, p50, rps)
+    return rows + workers_targets(result, p50, rps) + json_batch_targets(result)
+
+
+def json_batch_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 18's: at the largest batch, the node's v2 JSON against the baseline's JSON batch endpoint."""
+    target = functools.partial(_target, result["model"])
+    largest = max((row["rows"] for row in result["batch"]), default=0)
+    rates = {row["contender"]: row["rows_per_s"] for row in result["batch"] if row["rows"] == largest}
+    return [
+        target(
+            f"rows/s at {largest:,} rows, JSON: node / FastAPI",
+            label,
+            _ratio(rate, rates.get(FASTAPI)),
+            ">= 1x",
+            lambda x: x >= 1,
+        )  # fmt: skip
+        for label, rate in rates.items()
+        if label.endswith(" (JSON)")
+    ]
 
 
 def workers_targets(

@@ -48,8 +48,9 @@ def test_serving_benchmark_quick_covers_every_contender(tmp_path: Path) -> None:
     timed = {row["contender"] for row in result["sequential"]}
     assert expected <= timed
     assert result["workers"] == workers and report["workers_auto"] == os.cpu_count()
-    # NOTE: the workers nodes are timed (sequential, wrk) but not batch-scored
-    assert {row["contender"] for row in result["batch"]} == timed - {workers["2"], workers.get("auto")}
+    # NOTE: the workers nodes are timed (sequential, wrk) but not batch-scored; auto is, in v2 JSON too
+    batch = timed - {workers["2"], workers.get("auto")} | {"tritonflow auto (JSON)"}
+    assert {row["contender"] for row in result["batch"]} == batch
     assert any(label.endswith("batching off") for label in (s["contender"] for s in result["servers"]))
     assert all(row["p50_ms"] > 0 for row in result["sequential"])
     assert all(row["agreement"] > 0.99 for row in result["batch"])
@@ -70,6 +71,9 @@ def test_serving_benchmark_quick_covers_every_contender(tmp_path: Path) -> None:
     versus_one = rows["p50 at c1: --workers 2 / --workers 1", workers["2"]]
     assert versus_one["value"] > 0 and versus_one["met"] is not None
     assert rows["req/s at c64: --workers 2 / Triton", workers["2"]]["met"] is None, "no Triton, no wrk"
+    largest = max(row["rows"] for row in result["batch"])
+    json_batch = rows[f"rows/s at {largest:,} rows, JSON: node / FastAPI", "tritonflow auto (JSON)"]
+    assert json_batch["value"] > 0 and json_batch["met"] is not None
 
 
 def test_deploy_overhead_quick(tmp_path: Path) -> None:
@@ -185,6 +189,7 @@ def test_capture_quick(tmp_path: Path) -> None:
     assert [row["node"] for row in report["medians"]] == ["capture off", "capture on"]
     assert all(row["requests_per_s"] > 0 and 0 < row["p50_ms"] <= row["p99_ms"] for row in report["medians"])
     assert report["capture_counts"]["rows"] > 0 and report["capture_counts"]["files"] > 0
+    assert all(ratio > 0 for ratio in report["round_ratios"].values())
     assert "| capture on |" in (tmp_path / "capture.md").read_text()
 
 
