@@ -91,7 +91,7 @@ def json_batch_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             lambda x: x >= 1,
         )  # fmt: skip
         for label, rate in rates.items()
-        if label.endswith(" (JSON)")
+        if label.startswith("tritonflow") and label.endswith(" (JSON)")
     ]
 
 

@@ -17,9 +17,8 @@ from typing import Final
 
 import numpy as np
 
+from tritonflow.serving.batcher import Tensors
 from tritonflow.serving.model_version import Tensor
-
-Tensors = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)

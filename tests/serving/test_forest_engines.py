@@ -201,7 +201,7 @@ def test_the_crossover_is_where_the_batch_engine_wins_from_then_on() -> None:
     batch = dataclasses.replace(spinning(3e-4, 0.0, batch_calls), name="batch-engine")
     chosen = fastest(fil, [batch], N_FEATURES)
     assert chosen.name == "fil-engine; batch-engine from 1024 rows"
-    assert chosen.batch_rows == 1024  # the batcher's chunks: where the batch engine pays for its call
+    assert chosen.batch_rows == 4096  # the batcher's chunks: where the batch engine pays for its call
     fil_calls.clear(), batch_calls.clear()
     rows = np.ones((2000, N_FEATURES), dtype=np.float32)
     for n in (1, 1023, 1024, 2000):
