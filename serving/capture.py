@@ -126,8 +126,10 @@ class Capture:
                 pending = self._pending.get(deployment_id)
                 if pending is None:
                     pending = self._pending[deployment_id] = Pending(self._partition(target))
-                fields = (role, request_id, time.time_ns() // 1000, latency_us, rows)
-                pending.add(fields, inputs if settings.inputs else None, outputs)
+                time_us = time.time_ns() // 1000
+                pending.add(
+                    role, request_id, time_us, latency_us, rows, inputs if settings.inputs else None, outputs
+                )
         if full:
             self._say_full()
 

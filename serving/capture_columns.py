@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
-from typing import Final
 
 import numpy as np
 
@@ -70,30 +69,43 @@ class Column:
         return pairs[:, 0], pairs[:, 1]
 
 
-# NOTE: a request's own fields: role, request id, when it was answered and its time in the node
-# (microseconds since the epoch, and in the node from the data plane's entry), rows. A plain tuple:
-# a NamedTuple's constructor runs in Python, on every request
-Fields = tuple[str, str | None, int, int, int]
-TIME_US: Final = 2  # where a Fields holds them
-ROWS: Final = 4
+def _numbers() -> array[int]:
+    return array("q")
 
 
 @dataclass
 class Pending:
-    """One partition's requests answered since the writer last took them: their fields, and the
-    columns of their tensors."""
+    """One partition's requests answered since the writer last took them: their own fields, one
+    column each (numbers in arrays: the writer hands them to Arrow without a conversion per value),
+    and the columns of their tensors."""
 
     partition: Partition
-    fields: list[Fields] = field(default_factory=list)
+    roles: list[str] = field(default_factory=list)
+    request_ids: list[str | None] = field(default_factory=list)
+    times: array[int] = field(default_factory=_numbers)  # when answered, microseconds since the epoch
+    latencies: array[int] = field(default_factory=_numbers)  # microseconds in the node
+    rows: array[int] = field(default_factory=_numbers)  # each request's rows
     inputs: dict[str, Column] = field(default_factory=dict)
     outputs: dict[str, Column] = field(default_factory=dict)
     unfit: int = 0  # tensors left out (null in their rows): Column.add refused them
 
-    def add(self, fields: Fields, inputs: Tensors | None, outputs: Tensors) -> None:
+    def add(
+        self,
+        role: str,
+        request_id: str | None,
+        time_us: int,
+        latency_us: int,
+        rows: int,
+        inputs: Tensors | None,
+        outputs: Tensors,
+    ) -> None:
         """One answered request; `inputs` None: --capture-inputs none."""
-        entry = len(self.fields)
-        self.fields.append(fields)
-        rows = fields[ROWS]
+        entry = len(self.rows)
+        self.roles.append(role)
+        self.request_ids.append(request_id)
+        self.times.append(time_us)
+        self.latencies.append(latency_us)
+        self.rows.append(rows)
         if inputs:
             self._add(self.inputs, entry, inputs, rows)
         self._add(self.outputs, entry, outputs, rows)

@@ -60,7 +60,7 @@ def entry(i: int, rows: int, outputs: tuple[str, ...] = ("scores", "label")) -> 
 def pending(entries: list[Entry]) -> Pending:
     kept = Pending(PARTITION)
     for e in entries:
-        kept.add((e.role, e.request_id, e.time_us, e.latency_us, e.rows), e.inputs, e.outputs)
+        kept.add(e.role, e.request_id, e.time_us, e.latency_us, e.rows, e.inputs, e.outputs)
     return kept
 
 
