@@ -14,8 +14,10 @@ with it (lineage/releases.apply_state).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from tritonflow.lineage import layout, releases
 from tritonflow.lineage.errors import NotFound
@@ -23,9 +25,10 @@ from tritonflow.lineage.records import DeploymentRecord, sha256_hex
 from tritonflow.lineage.reference import FILE as REFERENCE_FILE
 from tritonflow.lineage.repository import ModelRepository
 from tritonflow.plugin import promotion
+from tritonflow.plugin.batch_engine import with_batch_engine
 from tritonflow.plugin.exporters import config_spec
 from tritonflow.plugin.exporters.base import Export
-from tritonflow.plugin.exporters.tabular import EnsembleExport
+from tritonflow.plugin.exporters.tabular import FOREST, PREPROCESS, EnsembleExport
 from tritonflow.plugin.options import DeployOptions
 from tritonflow.plugin.parity import check_ensemble_parity, ensemble_predictor, published_predictor
 from tritonflow.plugin.publish import (
@@ -83,7 +86,9 @@ def deploy_ensemble(
     }
     ensemble = _checked(_ensemble_spec(export, options, {}))
     frame = sample.head(SAMPLE_ROWS)
-    parity = check_ensemble_parity(export, with_unseen(frame, export))
+    checked = with_unseen(frame, export)
+    parity = check_ensemble_parity(export, checked)
+    export, batch_engine = _with_batch_engine(export, checked)
 
     repository = ModelRepository(options.repository)
     task = provenance.metaflow.get("task", "")
@@ -107,7 +112,16 @@ def deploy_ensemble(
         published=lambda version: published_predictor(repository, name, version)(frame),
     )
     published = {
-        step: _publish_step(repository, models[step], exports[step], steps[step], provenance, options, task)
+        step: _publish_step(
+            repository,
+            models[step],
+            exports[step],
+            steps[step],
+            provenance,
+            options,
+            task,
+            {"batch_engine": batch_engine} if step == FOREST and batch_engine else None,
+        )
         for step in models
     }
     final = _checked(_ensemble_spec(export, options, {step: r.version for step, r in published.items()}))
@@ -177,6 +191,18 @@ def _digests(export: Export) -> set[str]:
     return {sha256_hex(data) for data in export.files.values()}
 
 
+def _with_batch_engine(
+    export: EnsembleExport, frame: pd.DataFrame
+) -> tuple[EnsembleExport, dict[str, Any] | None]:
+    """The ensemble with its forest step's batch engine file (plugin/batch_engine.py), gated on the
+    features the preprocessing step makes of the sample: the node times it against FIL's engine for
+    the step as for any forest."""
+    steps = dict(export.steps)
+    features = steps[PREPROCESS].native_predict(frame)
+    forest, note = with_batch_engine(steps[FOREST], np.asarray(features, dtype=np.float32))
+    return replace(export, steps=((PREPROCESS, steps[PREPROCESS]), (FOREST, forest))), note
+
+
 def with_unseen(frame: pd.DataFrame, export: EnsembleExport) -> pd.DataFrame:
     """The frame, and for each string column a copy of its first rows holding a category never
     trained on, when the native pipeline takes one (an encoder that refuses unknowns does not)."""
@@ -228,9 +254,11 @@ def _publish_step(
     provenance: Provenance,
     options: DeployOptions,
     task: str,
+    parity: dict[str, Any] | None,
 ) -> DeploymentRecord:
     """One step's version (the one this task published already, on a retry), its config serving
-    what it served: the ensemble's release decides when this version serves."""
+    what it served: the ensemble's release decides when this version serves. `parity`: the step's
+    own gate (the forest's batch engine file), beside the ensemble's."""
     previous = repository.find_task_deployment(model, task, _digests(export)) if task else None
     if previous is not None:
         return previous
@@ -245,7 +273,7 @@ def _publish_step(
             export.files,
             config=config_summary(written, checked.beside),
             signature=model_config.signature(checked.config),
-            **export_fields(export, options, None, None),
+            **export_fields(export, options, parity, None),
         )
 
     return repository.publish(

@@ -35,11 +35,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from time import perf_counter_ns, sleep
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 
-from tritonflow.serving.errors import InferenceFailed
+from tritonflow.serving.backends import RefusedValues
+from tritonflow.serving.errors import InferenceFailed, ServingError, ValuesRefused
 from tritonflow.serving.model_config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ class _Item:
     pieces: list[tuple[Tensors, Execution]] = field(default_factory=list)  # each chunk's outputs and call
 
 
-Answers = list[tuple[_Item, tuple[Tensors, Execution] | str]]  # each request's result, or why it failed
+Answers = list[tuple[_Item, tuple[Tensors, Execution] | ServingError]]  # each request's result, or its error
+Outcome: TypeAlias = tuple[list[Tensors], Execution] | ServingError
 
 
 def _precise_timeouts() -> None:
@@ -204,7 +206,8 @@ class Batcher:
         if not self._engine.acquire(blocking=False):
             return False
         try:
-            self._finish(*_answers(batch, self._call([(item.inputs, item.rows) for item in batch])))
+            for settled in self._settle(batch):
+                self._finish(*settled)
         finally:
             self._engine.release()
         return True
@@ -287,8 +290,18 @@ class Batcher:
 
     def _execute(self, batch: list[_Item]) -> None:
         with self._engine:
-            outcome = self._call([(item.inputs, item.rows) for item in batch])
-        self._loop.call_soon_threadsafe(self._finish, *_answers(batch, outcome))
+            settled = self._settle(batch)
+        for execution, answers in settled:
+            self._loop.call_soon_threadsafe(self._finish, execution, answers)
+
+    def _settle(self, batch: list[_Item]) -> list[tuple[Execution | None, Answers]]:
+        """Whole requests in one engine call (the engine lock held): each call to count, with the
+        requests it answered. A merged call that fails runs again request by request, so one
+        request's values (a category its model refuses) fail that request alone."""
+        outcome = self._call([(item.inputs, item.rows) for item in batch])
+        if len(batch) == 1 or not isinstance(outcome, ServingError):
+            return [_answers(batch, outcome)]
+        return [_answers([item], self._call([(item.inputs, item.rows)])) for item in batch]
 
     def _execute_chunk(self, item: _Item) -> None:
         """The next chunk of a large request; after its last one, the request's reassembled outputs."""
@@ -299,7 +312,7 @@ class Batcher:
             outcome = self._call(
                 [({k: v[start:stop] for k, v in item.inputs.items()}, stop - start)], chunk=True
             )
-        if isinstance(outcome, str):
+        if isinstance(outcome, ServingError):
             self._large.popleft()
             failed: Answers = [(item, outcome)]
             self._loop.call_soon_threadsafe(self._finish, None, failed)
@@ -313,11 +326,9 @@ class Batcher:
             answers.append((item, _assemble(item)))
         self._loop.call_soon_threadsafe(self._finish, execution, answers)
 
-    def _call(
-        self, parts: list[tuple[Tensors, int]], chunk: bool = False
-    ) -> tuple[list[Tensors], Execution] | str:
+    def _call(self, parts: list[tuple[Tensors, int]], chunk: bool = False) -> Outcome:
         """One engine call on `parts` (inputs, rows): each part's outputs and the timing, or the
-        failure reason. Merged or chunked (`chunk`), outputs must have a row per input row."""
+        error to answer with. Merged or chunked (`chunk`), outputs must have a row per input row."""
         started = perf_counter_ns()
         try:
             if len(parts) == 1:
@@ -337,9 +348,11 @@ class Batcher:
             else:
                 offsets = itertools.accumulate((part[1] for part in parts), initial=0)
                 results = [{k: v[a:b] for k, v in outputs.items()} for a, b in itertools.pairwise(offsets)]
+        except RefusedValues as exc:  # NOTE: the client's values, not a fault: no traceback
+            return ValuesRefused(self.label, str(exc))
         except Exception as exc:
             log.exception("engine call of %s failed on %d request(s)", self.label, len(parts))
-            return f"{type(exc).__name__}: {exc}"
+            return InferenceFailed(self.label, f"{type(exc).__name__}: {exc}")
         self._learn(rows, inferred - merged)
         return results, Execution(rows, started, merged, inferred, perf_counter_ns())
 
@@ -358,8 +371,8 @@ class Batcher:
         for item, answer in answers:
             if item.future.done():  # a cancelled request (client gone) has no one to tell
                 continue
-            if isinstance(answer, str):
-                item.future.set_exception(InferenceFailed(self.label, answer))
+            if isinstance(answer, ServingError):
+                item.future.set_exception(answer)
             else:
                 item.future.set_result(answer)
 
@@ -368,11 +381,9 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _answers(
-    batch: list[_Item], outcome: tuple[list[Tensors], Execution] | str
-) -> tuple[Execution | None, Answers]:
+def _answers(batch: list[_Item], outcome: Outcome) -> tuple[Execution | None, Answers]:
     """An engine call on whole requests: the call to count, and each request's result."""
-    if isinstance(outcome, str):
+    if isinstance(outcome, ServingError):
         return None, [(item, outcome) for item in batch]
     results, execution = outcome
     return execution, [(item, (out, execution)) for item, out in zip(batch, results, strict=True)]

@@ -217,6 +217,17 @@ class InferenceFailed(ServingError):
         super().__init__(f"inference failed in model {model}: {reason}")
 
 
+class ValuesRefused(ServingError):
+    """The model refused a request's values (an encoder that refuses categories it never saw): the
+    client's to change, not a server fault."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(
+            f"model {model} refused the request's values: {reason}: send values the model was trained "
+            "on, or deploy it with an encoder that takes unknown ones (handle_unknown='ignore')"
+        )
+
+
 class InvalidSetting(ServingError):
     """A log or trace setting the node does not know, a bad value, or one it cannot honour."""
 

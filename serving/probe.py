@@ -38,7 +38,7 @@ import numpy as np
 from tritonflow.lineage import layout
 from tritonflow.lineage.errors import TritonflowError
 from tritonflow.serving import datatypes
-from tritonflow.serving.backends import BACKENDS, load_backend
+from tritonflow.serving.backends import BACKENDS, RefusedValues, load_backend
 from tritonflow.serving.model_config import ModelConfig, instance_kind, signature
 
 log = logging.getLogger("tritonflow.serving")
@@ -87,7 +87,8 @@ class ProbeReport:
     predict_s: float
     peak_rss_bytes: int  # the child's high-water resident memory (VmHWM), imported engines included
     wall_s: float  # from asking for a child to its report, process start included
-    outputs: dict[str, tuple[int, ...]]  # the shape of each output
+    # the shape of each output; None: the model refused the generated strings, nothing to check
+    outputs: dict[str, tuple[int, ...]] | None
 
 
 class ProbeFailed(TritonflowError):
@@ -150,7 +151,9 @@ def probe_version(
         predict_s=report["predict_s"],
         peak_rss_bytes=report["peak_rss_bytes"],
         wall_s=time.perf_counter() - started,
-        outputs={name: shape for name, (shape, _) in report["outputs"].items()},
+        outputs=None
+        if report["outputs"] is None
+        else {name: shape for name, (shape, _) in report["outputs"].items()},
     )
 
 
@@ -224,6 +227,15 @@ def _watch(
             if kind == "phase":
                 phase = f"{value} {files}"
             elif kind == "done":
+                if value["outputs"] is None:
+                    log.warning(
+                        "%s: the test prediction on generated strings was refused (%s); serving it with its "
+                        "outputs unchecked (a model that refuses values it was not trained on, such "
+                        "as OneHotEncoder(handle_unknown='error'), refuses requests holding them too)",
+                        files,
+                        value["refused_strings"],
+                    )
+                    return value
                 problem = _output_problem(value["outputs"], config)
                 if problem:
                     raise ProbeFailed(
@@ -365,9 +377,8 @@ def _child(sender: Connection, folder: str, config_bytes: bytes, engine: str, no
         sender.send(("phase", "running a test prediction on"))
         inputs = sample_inputs(config, backend.input_dims())
         start = time.perf_counter()
-        outputs = backend.predict(inputs)
+        shapes, refused = _predicted(backend, inputs)
         predict_s = time.perf_counter() - start
-        shapes = {name: (tuple(np.shape(v)), np.asarray(v).dtype.str) for name, v in outputs.items()}
         sender.send(("phase", "unloading"))
         backend.unload()
     except TritonflowError as exc:  # BackendError: the message the node would give, passed as is
@@ -382,8 +393,19 @@ def _child(sender: Connection, folder: str, config_bytes: bytes, engine: str, no
         "predict_s": predict_s,
         "peak_rss_bytes": _status_bytes(os.getpid(), "VmHWM"),
         "outputs": shapes,
+        "refused_strings": refused,
     }
     sender.send(("done", report))
+
+
+def _predicted(backend: Any, inputs: dict[str, np.ndarray]) -> tuple[dict[str, Any] | None, str | None]:
+    """(output -> (shape, dtype), None), or (None, why) when the model refused the generated values:
+    they are strings it never saw, and refusing those is no defect of the file."""
+    try:
+        outputs = backend.predict(inputs)
+    except RefusedValues as exc:
+        return None, str(exc)
+    return {name: (tuple(np.shape(v)), np.asarray(v).dtype.str) for name, v in outputs.items()}, None
 
 
 def die_with_parent(node_pid: int) -> None:

@@ -24,6 +24,10 @@ class BackendError(TritonflowError):
     """A model version cannot be loaded or run; the message names the file and the reason."""
 
 
+class RefusedValues(BackendError):
+    """The engine refused a request's values, not its shapes or types, which the node checks first."""
+
+
 def backend_name(config: ModelConfig) -> str:
     name = config.backend or PLATFORMS.get(config.platform, config.platform)
     if name not in BACKENDS:

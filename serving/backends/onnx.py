@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument
 from tritonclient.grpc import model_config_pb2 as pb
 
 from tritonflow.serving import datatypes
-from tritonflow.serving.backends import BackendError
+from tritonflow.serving.backends import BackendError, RefusedValues
 from tritonflow.serving.backends.base import Backend
 from tritonflow.serving.model_config import ModelConfig, instance_kind, parameter
 
@@ -76,6 +76,10 @@ class OnnxBackend(Backend):
             results = self._session.run(self._output_names, feed)
         except InvalidArgument as exc:  # a batch of the wrong type or shape
             raise BackendError(f"onnxruntime refused the batch for {self.path.name}: {exc}") from None
+        except Fail as exc:  # NOTE: a kernel's check of the values: with text inputs, an unknown category
+            if self._text_inputs:
+                raise RefusedValues(_node_message(exc)) from None
+            raise
         outputs = {
             name: value if shape is None else value.reshape(shape)
             for (name, shape), value in zip(self._fetches.items(), results, strict=True)
@@ -169,3 +173,9 @@ def _datatype(onnx_type: str) -> str | None:
     except TypeError:
         return None
     return datatypes.DATATYPE.get(dtype)
+
+
+def _node_message(exc: Exception) -> str:
+    """onnxruntime's message without its status prefix: "running OneHotEncoder node ...: Unknown ..."."""
+    text = str(exc)
+    return text.split("Non-zero status code returned while ", 1)[-1]

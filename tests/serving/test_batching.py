@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from conftest import N_FEATURES, PROBA_ATOL, Server, config_for, data, forest, publish
 
+from tritonflow.serving.backends import RefusedValues
 from tritonflow.serving.batcher import FIRST_CHUNK_ROWS, INLINE_ROWS, Batcher, BatchPolicy, Execution, Traffic
-from tritonflow.serving.errors import InferenceFailed
+from tritonflow.serving.errors import InferenceFailed, ValuesRefused
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +188,25 @@ def test_engine_failure_fails_each_request_of_the_batch_and_the_worker_goes_on()
     assert isinstance(outputs[0], InferenceFailed) and "engine fell over" in str(outputs[0])
     assert outputs[0].status == 500
     assert [e.rows for e in executions] == [2]  # the second request still ran
+
+
+@pytest.mark.parametrize(
+    ("raised", "answered"),
+    [(RefusedValues("unknown category 'x'"), ValuesRefused), (RuntimeError("bad"), InferenceFailed)],
+)
+@pytest.mark.parametrize("batch_policy", [policy(64, delay_s=5.0), policy(64, delay_s=0.001)])
+def test_one_requests_values_failing_a_merged_call_fail_that_request_alone(batch_policy, raised, answered):
+    def refuses_the_third(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if ((inputs["x"] >= 2000) & (inputs["x"] < 3000)).any():  # request 2's rows (run_batch: +1000 * i)
+            raise raised
+        return double(inputs)
+
+    sizes = [1, 3, 2, 1] if batch_policy.delay_ns > 1e6 else [INLINE_ROWS // 2 + 1] * 4  # inline; worker
+    outputs, executions, _ = asyncio.run(run_batch(batch_policy, sizes, 4, predict=refuses_the_third))
+    assert [type(out) for out in outputs if isinstance(out, BaseException)] == [answered]
+    assert isinstance(outputs[2], answered) and str(raised) in str(outputs[2])
+    assert outputs[2].status == (400 if answered is ValuesRefused else 500)
+    assert sorted(e.rows for e in executions) == sorted(n for i, n in enumerate(sizes) if i != 2)
 
 
 def on_which_thread(inputs: dict[str, np.ndarray], seen: list[str]) -> dict[str, np.ndarray]:
