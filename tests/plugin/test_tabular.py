@@ -15,7 +15,13 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestRegress
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
+from sklearn.preprocessing import (
+    FunctionTransformer,
+    MaxAbsScaler,
+    OneHotEncoder,
+    OrdinalEncoder,
+    StandardScaler,
+)
 from xgboost import XGBClassifier
 
 from tritonflow.plugin.exporters import ExportError, export_model, native_model
@@ -86,6 +92,16 @@ def test_one_hot_scaled_xgboost_answers_as_the_native_pipeline() -> None:
     native = pipe[:-1].transform(test)
     assert np.array_equal(features, np.asarray(native, dtype=np.float32)), "the trees see other features"
     np.testing.assert_allclose(answer[:, -1], pipe.predict_proba(test)[:, 1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("scaler", [StandardScaler(), MaxAbsScaler()])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scalers_hand_the_trees_the_native_features_bit_for_bit(scaler, dtype) -> None:
+    train = frame(3000, 4)[NUMBERS[1:]].astype(dtype)  # NOTE: "amount" holds NaN, which scalers keep
+    prep = ColumnTransformer([("num", scaler, NUMBERS[1:])]).fit(train)
+    test = frame(2000, 5)[NUMBERS[1:]].astype(dtype)
+    features = run(preprocess_onnx(prep, columns_of(test)), test)
+    assert np.array_equal(features, prep.transform(test).astype(np.float32)), "an ulp off: a split crossed"
 
 
 def test_ordinal_encoded_hist_gradient_boosting_answers_as_the_native_pipeline() -> None:
