@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
 import xgboost as xgb
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from tritonclient.utils import InferenceServerException
 
 from tritonflow.lineage.records import DeploymentRecord, sha256_hex
 from tritonflow.lineage.repository import ModelRepository
