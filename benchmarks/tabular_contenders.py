@@ -128,7 +128,7 @@ def whole_onnx(pipe: Any, columns: list[tuple[str, str]]) -> tuple[Call | None, 
     from skl2onnx.common import data_types as t
     from sklearn.impute import SimpleImputer
 
-    from tritonflow.plugin.exporters.native import _register_boosters_with_skl2onnx
+    from tritonflow.plugin.exporters.native_sklearn import _register_boosters_with_skl2onnx
     from tritonflow.plugin.exporters.tabular import _imputer, _imputer_shape
 
     _register_boosters_with_skl2onnx("xgboost")

@@ -1,10 +1,10 @@
 """Model -> Triton files: the model's family says how to read it, the format how to write it.
 
 Both tables are lazy ("name" -> "module.Class"), so a deploy imports only the libraries its model
-needs; a new library is an adapter in native.py plus a line in FAMILIES, a new format a file plus
-a line in EXPORTERS. format="auto" serves tree ensembles through Treelite and FIL, and anything
-else through ONNX. A Pipeline whose steps before the model are all 'passthrough' is exported as
-that model (its trees stay trees); one with real preprocessing is a whole graph, so ONNX.
+needs; a new library is an adapter module beside native.py plus a line in FAMILIES, a new format a
+file plus a line in EXPORTERS. format="auto" serves tree ensembles through Treelite and FIL, and
+anything else through ONNX. A Pipeline whose steps before the model are all 'passthrough' is exported
+as that model (its trees stay trees); one with real preprocessing is a whole graph, so ONNX.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from tritonflow.serving.model_config import ConfigSpec
 
 # top-level package of the model's class -> its adapter (how it predicts, describes and converts itself)
 FAMILIES = {
-    "sklearn": "tritonflow.plugin.exporters.native.SklearnModel",
-    "xgboost": "tritonflow.plugin.exporters.native.XGBoostModel",
-    "lightgbm": "tritonflow.plugin.exporters.native.LightGBMModel",
+    "sklearn": "tritonflow.plugin.exporters.native_sklearn.SklearnModel",
+    "xgboost": "tritonflow.plugin.exporters.native_xgboost.XGBoostModel",
+    "lightgbm": "tritonflow.plugin.exporters.native_lightgbm.LightGBMModel",
 }
 # format -> exporter; "auto" takes the first that can export the model
 EXPORTERS = {
@@ -83,7 +83,7 @@ def _labels(export: Export | EnsembleExport) -> tuple[str, ...]:
 
 
 def native_model(model: Any) -> Any:
-    """The model's adapter (plugin/exporters/native.py); ExportError for a library not in FAMILIES."""
+    """The model's adapter (plugin/exporters/native_*.py); ExportError for a library not in FAMILIES."""
     return load_object(FAMILIES[_family(model)])(model)
 
 
