@@ -369,7 +369,9 @@ def _check(artifact: dict[str, Any]) -> str:
 def _parity(parity: dict[str, Any] | None) -> str | None:
     if not parity:
         return None
-    return f"max |diff| {parity['max_abs_diff']:.2e} <= {parity['tolerance']:g} on {parity['rows']} rows"
+    missing = parity.get("missing_value_rows")  # NOTE: absent from records written before 2026-12-06
+    rows = f"{parity['rows']} rows" + (f" + {missing} with a missing value" if missing else "")
+    return f"max |diff| {parity['max_abs_diff']:.2e} <= {parity['tolerance']:g} on {rows}"
 
 
 def _score(score: float | None) -> str:

@@ -197,6 +197,7 @@ def _export(record: DeploymentRecord, parity: dict[str, Any]) -> list[Any]:
     check: list[list[Any]] = [
         ["max |difference|", _number(parity.get("max_abs_diff"))],
         ["rows compared", str(parity.get("rows"))],
+        ["rows with a missing value", str(parity.get("missing_value_rows", "-"))],
         ["tolerance", f"{_number(parity.get('tolerance'))} ({parity.get('rule')})"],
         ["served by", str(parity.get("engine"))],
     ]

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 TOLERANCE = 1e-5
 LATENCY_ROWS = (1, 1000)  # batch sizes whose engine latency the deployment card shows
 LATENCY_REPEATS = 7
+MISSING_VALUE_ROWS = 256  # the parity gate's rows with a missing value, at least one per feature
 HINTS = {
     "ensemble": (
         "the preprocessing's ONNX graph (skl2onnx) may not compute what the scikit-learn steps do: "
@@ -66,26 +67,26 @@ def check_parity(
     export: Export, rows: np.ndarray, tolerance: float = TOLERANCE, engine: str | None = None
 ) -> dict[str, Any]:
     """Serve `rows` through the export and the native model; raise ParityError past `tolerance`.
+    Then the same rows with a missing value each (`missing_value_rows`), when the model takes them.
 
     `engine` runs it (serving/backends); by default what Triton runs: for a forest, FIL's engine.
-    Returns the report kept in the deployment record: rows, max_abs_diff, tolerance, rule, engine,
-    and the engine's latency on this machine (`measure_latency`), timed while the export is loaded.
+    Returns the report kept in the deployment record: rows, missing_value_rows, max_abs_diff,
+    tolerance, rule, engine, and the engine's latency on this machine (`measure_latency`), timed
+    while the export is loaded.
     """
     rows = np.ascontiguousarray(rows, dtype=np.float32)
-    with library_errors(export.model_info["class"].rsplit(".", 1)[-1], "the parity check of"):
-        with _loaded(export, engine) as backend:
-            served, latency = _served(
-                lambda batch: backend.predict({export.inputs[0].name: batch})[export.outputs[0].name],
-                lambda n: np.ascontiguousarray(np.resize(rows, (n, rows.shape[1]))),
-                rows,
-            )
-            engine = backend.engine
-        native = export.native_predict(rows)
-    return {
-        **compare(export.format, export.n_classes, served, native, tolerance),
-        "engine": engine,
-        "latency": latency,
-    }
+    missing = (missing_value_rows(rows), f"row i missing feature i % {rows.shape[1]}")
+    model = export.model_info["class"].rsplit(".", 1)[-1]
+    with library_errors(model, "the parity check of"), _loaded(export, engine) as backend:
+        report = _gate(
+            (export.format, export.n_classes, tolerance),
+            lambda batch: backend.predict({export.inputs[0].name: batch})[export.outputs[0].name],
+            export.native_predict,
+            rows,
+            missing,
+            lambda n: np.ascontiguousarray(np.resize(rows, (n, rows.shape[1]))),
+        )
+        return {**report, "engine": backend.engine}
 
 
 def check_ensemble_parity(
@@ -93,12 +94,69 @@ def check_ensemble_parity(
 ) -> dict[str, Any]:
     """The ensemble's steps served in the order its config runs them (each step's tensors mapped as
     the config maps them), on the frame's columns as a client sends them, against the native
-    pipeline on the frame itself; ParityError past `tolerance`. The report as `check_parity`'s."""
+    pipeline on the frame itself, then on it with values missing in its float columns
+    (`missing_value_frame`); ParityError past `tolerance`. The report as `check_parity`'s."""
     with library_errors("Pipeline", "the parity check of"), _loaded_ensemble(export) as run:
-        served, latency = _served(run, lambda n: frame.iloc[np.arange(n) % len(frame)], frame)
-        native = export.native_predict(frame)
-    report = compare("ensemble", export.n_classes, served, native, tolerance)
-    return {**report, "engine": run.engines, "latency": latency}
+        report = _gate(
+            ("ensemble", export.n_classes, tolerance),
+            run,
+            export.native_predict,
+            frame,
+            missing_value_frame(frame),
+            lambda n: frame.iloc[np.arange(n) % len(frame)],
+        )
+        return {**report, "engine": run.engines}
+
+
+def missing_value_rows(rows: np.ndarray) -> np.ndarray:
+    """The sample's first rows once more (repeated when fewer than the features), row i with feature
+    i % n_features missing (NaN), so each feature goes missing once at least; and a row of NaN only."""
+    n_features = rows.shape[1]
+    count = max(n_features, min(len(rows), MISSING_VALUE_ROWS))
+    missing = np.resize(rows, (count, n_features)).copy()
+    missing[np.arange(count), np.arange(count) % n_features] = np.nan
+    return np.concatenate([missing, np.full((1, n_features), np.nan, dtype=rows.dtype)])
+
+
+def missing_value_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, str] | None:
+    """`missing_value_rows` of a frame's float columns (the others kept: a string or integer column
+    has no NaN a client could send), and which rows miss what; None when it has no float column."""
+    floats = [name for name in frame.columns if frame[name].dtype.kind == "f"]
+    if not floats:
+        return None
+    values = missing_value_rows(frame[floats].to_numpy(dtype=np.float64))
+    missing = frame.iloc[np.arange(len(values)) % len(frame)].reset_index(drop=True)
+    for j, name in enumerate(floats):
+        missing[name] = values[:, j].astype(frame[name].dtype)
+    return missing, f"row i missing float column i % {len(floats)} of {floats}"
+
+
+def _gate(
+    judge: tuple[str, int | None, float],
+    run: Callable[[Any], Any],
+    native_predict: Callable[[Any], Any],
+    sample: Any,
+    missing: tuple[Any, str] | None,
+    batch: Callable[[int], Any],
+) -> dict[str, Any]:
+    """`run` against `native_predict` on the sample, then on its rows with missing values when the
+    model takes them (`judge`: format, classes, tolerance); with `run`'s latency (`batch(n)` rows)."""
+    fmt, n_classes, tolerance = judge
+    report = compare(fmt, n_classes, np.asarray(run(sample)), native_predict(sample), tolerance)
+    report["latency"] = measure_latency(run, batch)
+    report["missing_value_rows"] = 0
+    if missing is None:
+        return report
+    rows, which = missing
+    try:
+        native = native_predict(rows)
+    except ValueError:  # "Input X contains NaN": the model takes no missing value, so none is sent
+        return report
+    where = f"on the sample's rows with a missing value (NaN), {which}"
+    on_missing = compare(fmt, n_classes, np.asarray(run(rows)), native, tolerance, where)
+    report["max_abs_diff"] = max(report["max_abs_diff"], on_missing["max_abs_diff"])
+    report["missing_value_rows"] = len(rows)
+    return report
 
 
 def ensemble_predictor(export: EnsembleExport) -> Callable[[pd.DataFrame], np.ndarray]:
@@ -176,17 +234,11 @@ def _loaded(export: Export, engine: str | None = None) -> Iterator[Backend]:
             backend.unload()
 
 
-def _served(
-    run: Callable[[Any], np.ndarray], batch: Callable[[int], Any], rows: Any
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """What `run` answers on `rows`, and its latency on LATENCY_ROWS rows (`batch(n)`)."""
-    return np.asarray(run(rows)), measure_latency(run, batch)
-
-
 def compare(
-    fmt: str, n_classes: int | None, served: np.ndarray, native: np.ndarray, tolerance: float
+    fmt: str, n_classes: int | None, served: np.ndarray, native: np.ndarray, tolerance: float, where: str = ""
 ) -> dict[str, Any]:
-    """The comparison's report (rows, max_abs_diff, tolerance, rule); ParityError past `tolerance`."""
+    """The comparison's report (rows, max_abs_diff, tolerance, rule); ParityError past `tolerance`,
+    saying `where` the rows came from when they are not the sample's."""
     served, native = np.asarray(served, dtype=np.float64), np.asarray(native, dtype=np.float64)
     if served.shape != native.shape:
         raise ParityError(
@@ -202,11 +254,12 @@ def compare(
         scaled = diff / np.maximum(1.0, np.abs(np.nan_to_num(native)).max(axis=0))
     worst = np.unravel_index(int(np.argmax(scaled)), scaled.shape)
     if scaled[worst] > tolerance:
+        where = f" {where}" if where else ""
         raise ParityError(
             fmt,
-            f"answers differently from the model: largest difference {diff[worst]:.3g} at row {worst[0]}, "
-            f"output {worst[1]} (served {served[worst]:.9g}, model {native[worst]:.9g}; {rule} tolerance "
-            f"{tolerance:g}, {len(served)} rows compared)",
+            f"answers differently from the model{where}: largest difference {diff[worst]:.3g} at row "
+            f"{worst[0]}, output {worst[1]} (served {served[worst]:.9g}, model {native[worst]:.9g}; "
+            f"{rule} tolerance {tolerance:g}, {len(served)} rows compared)",
         )
     return {"rows": len(served), "max_abs_diff": float(diff.max()), "tolerance": tolerance, "rule": rule}
 

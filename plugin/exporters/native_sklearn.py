@@ -14,6 +14,7 @@ import numpy as np
 
 from tritonflow.plugin.exporters.base import INPUT, ExportError
 from tritonflow.plugin.exporters.native import ONNX_OPSET, NativeModel, json_safe, sklearn_api_predict
+from tritonflow.plugin.exporters.sklearn_missing import route_missing_in_onnx, route_missing_in_treelite
 
 
 class SklearnModel(NativeModel):
@@ -65,7 +66,9 @@ class SklearnModel(NativeModel):
     def to_treelite(self) -> Any:
         import treelite.sklearn
 
-        return treelite.sklearn.import_model(self.model)
+        checkpoint = treelite.sklearn.import_model(self.model)
+        route_missing_in_treelite(checkpoint, self.model)
+        return checkpoint
 
     def to_onnx(self, n_features: int) -> Any:
         from skl2onnx import convert_sklearn
@@ -77,12 +80,14 @@ class SklearnModel(NativeModel):
         final = self.model
         while hasattr(final, "steps"):  # the ZipMap option belongs to the pipeline's last estimator
             final = final.steps[-1][1]
-        return convert_sklearn(
+        graph = convert_sklearn(
             self.model,
             initial_types=[(INPUT, FloatTensorType([None, n_features]))],
             options={id(final): {"zipmap": False}} if self.is_classifier else None,
             target_opset={"": ONNX_OPSET, "ai.onnx.ml": 3},
         )
+        route_missing_in_onnx(graph, steps)
+        return graph
 
 
 @functools.cache

@@ -81,6 +81,8 @@ def test_card_shows_the_winner_parity_release_and_how_to_serve(runs):
     parity = record.model["parity"]
     assert ["max |difference|", f"{parity['max_abs_diff']:.4g}"] in _rows(tables)
     assert ["rows compared", str(parity["rows"])] in _rows(tables)
+    assert parity["missing_value_rows"] > 0  # a forest takes NaN: the gate sent it some
+    assert ["rows with a missing value", str(parity["missing_value_rows"])] in _rows(tables)
     evaluation = record.release["evaluation"]
     assert ["compared with", "champion v1"] in _rows(tables)
     assert ["champion v1's roc_auc", f"{evaluation['champion']['score']:.4g}"] in _rows(tables)

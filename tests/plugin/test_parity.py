@@ -6,13 +6,24 @@ import dataclasses
 
 import lightgbm as lgb
 import numpy as np
+import pandas as pd
 import pytest
+from sklearn.compose import ColumnTransformer
 from sklearn.datasets import make_classification, make_regression
-from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    GradientBoostingClassifier,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 from sklearn.linear_model import LinearRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.tree import DecisionTreeRegressor
 
 from tritonflow.plugin.exporters import export_model
-from tritonflow.plugin.parity import ParityError, check_parity
+from tritonflow.plugin.exporters.tabular import export_ensemble
+from tritonflow.plugin.parity import ParityError, check_ensemble_parity, check_parity, missing_value_frame
 from tritonflow.plugin.signature import describe
 
 TRITON = "26.06"
@@ -94,3 +105,76 @@ def test_missing_values_answered_alike_pass():
     model = lgb.LGBMClassifier(n_estimators=8, verbose=-1).fit(X, y)
     for fmt in ("treelite", "onnx"):
         assert check_parity(export_model(model, fmt, 5, TRITON), X.astype(np.float32))["max_abs_diff"] < 1e-5
+
+
+def _with_nan(X: np.ndarray, share: float = 0.2) -> np.ndarray:
+    X = X.copy()
+    X[np.random.default_rng(0).random(X.shape) < share] = np.nan
+    return X
+
+
+@pytest.mark.parametrize(
+    "model, fmt, trained_with_nan",
+    [
+        (RandomForestClassifier(12, max_depth=6, random_state=0), "treelite", True),
+        (RandomForestClassifier(12, max_depth=6, random_state=0), "treelite", False),  # the larger child
+        (RandomForestRegressor(12, max_depth=6, random_state=0), "treelite", True),
+        (ExtraTreesClassifier(12, max_depth=6, random_state=0), "treelite", True),
+        (RandomForestClassifier(12, max_depth=6, random_state=0), "onnx", True),
+        (DecisionTreeRegressor(max_depth=6, random_state=0), "onnx", True),
+        (
+            make_pipeline(StandardScaler(), ExtraTreesClassifier(12, max_depth=6, random_state=0)),
+            "onnx",
+            True,
+        ),
+    ],
+    ids=lambda p: type(p).__name__ if not isinstance(p, str | bool) else str(p),
+)
+def test_scikit_learn_trees_send_a_missing_value_the_side_they_learned(model, fmt, trained_with_nan):
+    # Treelite's importer sent every missing value left and skl2onnx every one right: off by up to 1.0
+    X, y = make_classification(600, 6, n_informative=4, random_state=0)
+    y = y if hasattr(model, "predict_proba") else X[:, 0] * 3 + X[:, 1]
+    model.fit(_with_nan(X) if trained_with_nan else X, y)
+    export = export_model(model, fmt, 6, TRITON)
+    rows = X[:200].astype(np.float32)  # a sample without NaN: the gate adds rows with one
+    native = model.predict_proba if hasattr(model, "predict_proba") else lambda r: model.predict(r)[:, None]
+    report = check_parity(dataclasses.replace(export, native_predict=native), rows)
+    assert report["missing_value_rows"] == 201 and report["max_abs_diff"] < 1e-5
+
+
+def test_an_export_that_answers_otherwise_on_missing_values_is_refused():
+    X, y = make_classification(200, 5, random_state=0)
+    export = export_model(RandomForestClassifier(4, random_state=0).fit(X, y), "treelite", 5, TRITON)
+    native = export.native_predict
+
+    def nan_elsewhere(rows: np.ndarray) -> np.ndarray:
+        out = native(rows).copy()
+        out[np.isnan(rows).any(axis=1), 0] += 0.1
+        return out
+
+    message = r"model on the sample's rows with a missing value \(NaN\), row i missing feature i % 5: largest"
+    with pytest.raises(ParityError, match=message + r" difference 0\.1 at row \d+, output 0 .* 201 rows"):
+        check_parity(dataclasses.replace(export, native_predict=nan_elsewhere), X.astype(np.float32))
+
+
+def test_a_model_that_refuses_missing_values_is_not_sent_one():
+    X, y = make_classification(200, 5, random_state=0)
+    export = export_model(GradientBoostingClassifier(n_estimators=5).fit(X, y), "treelite", 5, TRITON)
+    report = check_parity(export, X.astype(np.float32))  # its predict_proba raises on NaN
+    assert report["missing_value_rows"] == 0 and report["rows"] == 200
+
+
+def test_an_ensemble_is_sent_missing_values_in_its_float_columns():
+    # a DataFrame pipeline: one-hot strings and passed-through floats, a forest trained with NaN in them
+    rng = np.random.default_rng(0)
+    numbers = {f"x{j}": rng.normal(size=500) for j in range(3)}
+    frame = pd.DataFrame({"shop": rng.choice(["a", "b", "c"], 500), **numbers})
+    y = ((frame.shop == "b") | (frame.x0 > 0.5)).to_numpy(int)
+    train = frame.copy()
+    train.loc[::4, "x0"] = np.nan
+    prep = ColumnTransformer([("shop", OneHotEncoder(), ["shop"])], remainder="passthrough")
+    pipe = make_pipeline(prep, RandomForestClassifier(12, max_depth=6, random_state=0)).fit(train, y)
+    export = export_ensemble(pipe, frame.head(200), TRITON)
+    report = check_ensemble_parity(export, frame.head(200))  # a sample without NaN
+    assert report["missing_value_rows"] == 201 and report["max_abs_diff"] < 1e-5
+    assert missing_value_frame(frame[["shop"]]) is None  # no float column: nothing goes missing

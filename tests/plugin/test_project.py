@@ -187,3 +187,5 @@ def test_lineage_shows_the_branch(runs, metaflow_env_module: dict[str, str]) -> 
     assert doc["run"]["status"] == "successful"  # the live Metaflow lookup found the branch's run
     text = lineage()
     assert "fraud  branch test.alice (a branch model; the production model is fraud)" in text
+    parity = record.model["parity"]  # the gate's rows, and its rows with a missing value
+    assert f"on {parity['rows']} rows + {parity['missing_value_rows']} with a missing value" in text

@@ -21,6 +21,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 from tritonflow.lineage.records import DeploymentRecord, sha256_hex, utc_now
 from tritonflow.lineage.repository import ModelRepository
+from tritonflow.plugin.exporters import export_model
 from tritonflow.serving.model_config import ConfigSpec, ModelConfig, TensorSpec, build_config, render
 
 N_FEATURES = 8
@@ -47,11 +48,15 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return X.astype(np.float32), y
 
 
+def fil_forest(est: RandomForestClassifier) -> Trained:
+    """A fitted forest as @deploy's exporter writes it: a Treelite checkpoint (FIL `treelite_checkpoint`)."""
+    return Trained(est, export_model(est, "treelite", est.n_features_in_, TRITON_VERSION).files, "fil")
+
+
 @cache
 def forest(seed: int = 0) -> Trained:
-    """A small random forest as a Treelite checkpoint (Triton FIL `treelite_checkpoint`)."""
-    est = RandomForestClassifier(n_estimators=20, max_depth=6, random_state=seed).fit(*data())
-    return Trained(est, {"checkpoint.tl": treelite.sklearn.import_model(est).serialize_bytes()}, "fil")
+    """A small random forest, FIL's."""
+    return fil_forest(RandomForestClassifier(n_estimators=20, max_depth=6, random_state=seed).fit(*data()))
 
 
 @cache

@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pandas as pd
 import treelite
-from conftest import N_FEATURES, Trained, config_for, data, publish
+from conftest import N_FEATURES, Trained, config_for, data, fil_forest, publish
 from onnx import TensorProto, helper
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
@@ -80,7 +80,7 @@ def pipeline() -> Pipeline:
     graph = convert_sklearn(prep, initial_types=types)
     features = prep.transform(df).astype(np.float32)
     est = RandomForestClassifier(n_estimators=10, max_depth=5, random_state=0).fit(features, y)
-    forest = Trained(est, {"checkpoint.tl": treelite.sklearn.import_model(est).serialize_bytes()}, "fil")
+    forest = fil_forest(est)
     onnx_prep = Trained(est, {"model.onnx": graph.SerializeToString()}, "onnxruntime")
     return Pipeline(onnx_prep, forest, features.shape[1])
 
@@ -100,7 +100,7 @@ def scaler() -> Trained:
 def scaled_forest(seed: int = 0) -> Trained:
     X = scaler_apply(data()[0])
     est = RandomForestClassifier(n_estimators=10, max_depth=5, random_state=seed).fit(X, data()[1])
-    return Trained(est, {"checkpoint.tl": treelite.sklearn.import_model(est).serialize_bytes()}, "fil")
+    return fil_forest(est)
 
 
 def scaler_apply(X: np.ndarray) -> np.ndarray:

@@ -23,10 +23,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import treelite
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import Server, Trained, config_for, data, forest, publish, wait_for
+from conftest import Server, Trained, config_for, data, fil_forest, forest, publish, wait_for
 from sklearn.ensemble import RandomForestClassifier
 from test_release_swaps import MODEL
 
@@ -47,7 +46,7 @@ SHADOW = {"model": MODEL, "champion_version": "1", "shadow_version": "2"}
 def slow_forest() -> Trained:
     """A forest 15x the trees of `forest()`, unbounded depth: a shadow whose engine is much slower."""
     est = RandomForestClassifier(n_estimators=300, random_state=5).fit(*data())
-    return Trained(est, {"checkpoint.tl": treelite.sklearn.import_model(est).serialize_bytes()}, "fil")
+    return fil_forest(est)
 
 
 def release(repo: Path, change: Callable[..., Any], *args: Any, **kwargs: Any) -> None:

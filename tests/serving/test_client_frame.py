@@ -12,8 +12,7 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
-import treelite
-from conftest import N_FEATURES, Trained, data, publish
+from conftest import N_FEATURES, Trained, data, fil_forest, publish
 from onnx import TensorProto, helper
 from sklearn.ensemble import RandomForestClassifier
 
@@ -42,9 +41,7 @@ def node(serve_module: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[A
     X, y = data()
     frame = pd.DataFrame(X, columns=COLUMNS)
     forest = RandomForestClassifier(10, max_depth=4, random_state=0).fit(frame, y)
-    trained = Trained(
-        forest, {"checkpoint.tl": treelite.sklearn.import_model(forest).serialize_bytes()}, "fil"
-    )
+    trained = fil_forest(forest)
     stamps = {"forest": publish(repo, "forest", trained).deployment_id}
     spec = ConfigSpec(
         name="adder",

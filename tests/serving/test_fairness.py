@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import treelite
 import tritonclient.http as httpclient
-from conftest import N_FEATURES, PROBA_ATOL, Server, Trained, config_for, publish, wait_for
+from conftest import N_FEATURES, PROBA_ATOL, Server, Trained, config_for, fil_forest, publish, wait_for
 from sklearn.datasets import make_classification
 from sklearn.ensemble import RandomForestClassifier
 
@@ -34,7 +33,7 @@ def heavy_forest() -> Trained:
     X, y = make_classification(4_000, N_FEATURES, n_informative=6, random_state=1)
     est = RandomForestClassifier(n_estimators=50, max_depth=10, random_state=0, n_jobs=-1).fit(X, y)
     est.set_params(n_jobs=None)
-    return Trained(est, {"checkpoint.tl": treelite.sklearn.import_model(est).serialize_bytes()}, "fil")
+    return fil_forest(est)
 
 
 @cache

@@ -1,0 +1,82 @@
+"""Where scikit-learn's trees send a missing value, written into what the converters make of them.
+
+scikit-learn's trees (1.3+) learn a side per split for a missing value (`tree_.missing_go_to_left`:
+from the training rows that had one, else the larger child). Neither converter carries it: Treelite
+4.7's importer of the `estimators_` forests and boosters writes "left" at every split, skl2onnx 1.20
+"false" (right) at every node, so a row with a NaN went down other paths than scikit-learn's
+(probabilities off by up to 1.0, seen on both). HistGradientBoosting keeps its own sides in
+Treelite's importer and has no `tree_`. The parity gate scores rows with missing values to hold it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tritonflow.plugin.exporters.base import ExportError
+
+
+def fitted_trees(estimator: Any) -> list[Any]:
+    """The estimator's scikit-learn trees (`tree_`) in the order converters number them: a tree
+    itself, a forest's, a booster's round by round, class by class; [] for anything else."""
+    if hasattr(estimator, "tree_"):
+        trees = [estimator.tree_]
+    else:
+        members = np.asarray(getattr(estimator, "estimators_", []), dtype=object).ravel()
+        trees = [member.tree_ for member in members if hasattr(member, "tree_")]
+        if len(trees) != len(members):
+            return []
+    return trees if trees and hasattr(trees[0], "missing_go_to_left") else []
+
+
+def route_missing_in_treelite(checkpoint: Any, estimator: Any) -> None:
+    """Set each split's default side in Treelite's import of `estimator` to scikit-learn's."""
+    trees = fitted_trees(estimator)
+    if not trees:
+        return
+    if len(trees) != checkpoint.num_tree:
+        raise ExportError(
+            f"it imported {checkpoint.num_tree} trees of the {len(trees)} in {type(estimator).__name__} "
+            "(this Treelite lays scikit-learn's trees out otherwise than 4.7)"
+        )
+    for index, tree in enumerate(trees):
+        sides = tree.missing_go_to_left.astype(np.uint8)
+        checkpoint.get_tree_accessor(index).set_field("default_left", sides)
+
+
+def route_missing_in_onnx(graph: Any, estimators: list[Any]) -> None:
+    """Set `nodes_missing_value_tracks_true` of each tree ensemble node in skl2onnx's `graph` to
+    scikit-learn's sides, from the estimator among `estimators` whose trees it holds (node for
+    node, split features alike). A node matched by none keeps its sides: the parity gate judges it."""
+    forests = [trees for trees in map(fitted_trees, estimators) if trees]
+    for node in graph.graph.node:
+        if not node.op_type.startswith("TreeEnsemble"):
+            continue
+        attributes = {attribute.name: attribute for attribute in node.attribute}
+        if "nodes_missing_value_tracks_true" not in attributes:
+            continue
+        tree_ids = np.asarray(attributes["nodes_treeids"].ints)
+        node_ids = np.asarray(attributes["nodes_nodeids"].ints)
+        features = np.asarray(attributes["nodes_featureids"].ints)
+        branches = np.asarray(attributes["nodes_modes"].strings) != b"LEAF"
+        trees = next((t for t in forests if _holds(t, tree_ids, node_ids, features, branches)), None)
+        if trees is not None:
+            tracks = [int(trees[t].missing_go_to_left[n]) for t, n in zip(tree_ids, node_ids, strict=True)]
+            attributes["nodes_missing_value_tracks_true"].ints[:] = tracks
+
+
+def _holds(
+    trees: list[Any], tree_ids: np.ndarray, node_ids: np.ndarray, features: np.ndarray, branches: np.ndarray
+) -> bool:
+    """Whether a tree ensemble node's (tree, node) entries are exactly these trees' nodes."""
+    if len(tree_ids) != sum(tree.node_count for tree in trees) or tree_ids.max(initial=-1) != len(trees) - 1:
+        return False
+    for index, tree in enumerate(trees):
+        mine = tree_ids == index
+        if sorted(node_ids[mine]) != list(range(tree.node_count)):
+            return False
+        split = mine & branches
+        if not np.array_equal(features[split], tree.feature[node_ids[split]]):
+            return False
+    return True
