@@ -30,6 +30,7 @@ from tritonflow.plugin.exporters.base import Export, library_errors
 from tritonflow.plugin.exporters.tabular import EnsembleExport
 from tritonflow.serving import datatypes
 from tritonflow.serving.backends import Backend, load_backend
+from tritonflow.serving.backends.missing_values import missing_value_rows
 from tritonflow.serving.ensemble_config import plan
 from tritonflow.serving.frames import column_tensor
 from tritonflow.serving.loading import published_backend
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 TOLERANCE = 1e-5
 LATENCY_ROWS = (1, 1000)  # batch sizes whose engine latency the deployment card shows
 LATENCY_REPEATS = 7
-MISSING_VALUE_ROWS = 256  # the parity gate's rows with a missing value, at least one per feature
 HINTS = {
     "ensemble": (
         "the preprocessing's ONNX graph (skl2onnx) may not compute what the scikit-learn steps do: "
@@ -106,16 +106,6 @@ def check_ensemble_parity(
             lambda n: frame.iloc[np.arange(n) % len(frame)],
         )
         return {**report, "engine": run.engines}
-
-
-def missing_value_rows(rows: np.ndarray) -> np.ndarray:
-    """The sample's first rows once more (repeated when fewer than the features), row i with feature
-    i % n_features missing (NaN), so each feature goes missing once at least; and a row of NaN only."""
-    n_features = rows.shape[1]
-    count = max(n_features, min(len(rows), MISSING_VALUE_ROWS))
-    missing = np.resize(rows, (count, n_features)).copy()
-    missing[np.arange(count), np.arange(count) % n_features] = np.nan
-    return np.concatenate([missing, np.full((1, n_features), np.nan, dtype=rows.dtype)])
 
 
 def missing_value_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, str] | None:

@@ -7,9 +7,10 @@ forest a second time, in the format of one such engine, as a file beside the Tre
 (ENGINE_FILES), once the parity gate has passed it; Triton's FIL backend never reads that file.
 
 With engine "auto" the node loads it too, checks that it answers as FIL's engine does on generated
-rows, times both at a few batch sizes and sends each batch to the faster one for its size. The
-choice is in the model's `engine` (metadata, log). A file that disagrees, or whose library is not
-installed, is left unused with a warning: the version still serves on FIL's engine.
+rows (and on them with missing values), times both at a few batch sizes and sends each batch to the
+faster one for its size. The choice is in the model's `engine` (metadata, log). A file that
+disagrees, or whose library is not installed, is left unused with a warning: the version still
+serves on FIL's engine.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from tritonflow.serving.backends import BackendError
+from tritonflow.serving.backends.missing_values import missing_value_rows
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,9 @@ def fastest(fil: Engine, others: list[Engine], n_features: int) -> Engine:
     agree with it: the one fastest on the largest batch, from the smallest size where it, and at
     every larger size, runs GAIN times FIL's engine's rows/s (one crossover: noise never interleaves)."""
     rows = _generated(n_features)
-    expected = fil.run(rows[:AGREE_ROWS])
-    agreeing = [e for e in others if _agrees(e, rows[:AGREE_ROWS], expected)]
+    checked = np.concatenate([rows[:AGREE_ROWS], missing_value_rows(rows[:AGREE_ROWS])])
+    expected = fil.run(checked)
+    agreeing = [e for e in others if _agrees(e, checked, expected)]
     if not agreeing:
         return fil
     speeds = _speeds([fil, *agreeing], rows)
@@ -147,7 +150,9 @@ def _agrees(engine: Engine, rows: np.ndarray, expected: np.ndarray) -> bool:
         log.warning("%s fails on generated rows (%s): serving without it", engine.name, exc)
         return False
     scale = max(1.0, float(np.abs(expected).max()))
-    if answer.shape == expected.shape and np.allclose(answer, expected, rtol=0, atol=1e-4 * scale):
+    if answer.shape == expected.shape and np.allclose(
+        answer, expected, rtol=0, atol=1e-4 * scale, equal_nan=True
+    ):
         return True
     log.warning(
         "%s answers differently from FIL's engine on generated rows (shapes %s, %s): serving without it",

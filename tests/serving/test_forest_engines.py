@@ -12,6 +12,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pytest
+import treelite.sklearn
 import xgboost as xgb
 from sklearn.datasets import make_classification, make_regression
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier, RandomForestRegressor
@@ -165,6 +166,22 @@ def test_a_batch_engine_file_that_answers_differently_is_not_used(
     assert backend.engine in ("nvforest-cpu", "treelite-gtil")
     assert "answers differently from FIL's engine" in caplog.text
     np.testing.assert_allclose(served(backend, X[:1024]), export.native_predict(X[:1024]), atol=TOLERANCE)
+
+
+def test_a_batch_engine_that_routes_missing_values_otherwise_is_not_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A version published before missing values were routed as scikit-learn does: its checkpoint
+    sends each NaN left (Treelite's importer alone), its batch engine as the model does. They agree
+    on rows without NaN only: serving both would answer a row by the size of the batch it came in."""
+    export, _, X = exported("sklearn-forest")
+    trained, _, _ = model("sklearn-forest")
+    old = {**export.files, "checkpoint.tl": treelite.sklearn.import_model(trained).serialize_bytes()}
+    before = dataclasses.replace(export, files=old)
+    with caplog.at_level(logging.WARNING, logger="tritonflow.serving.backends.forest_engines"):
+        backend = loaded(version_dir(tmp_path, before), before, "auto")
+    assert backend.engine in ("nvforest-cpu", "treelite-gtil")
+    assert "answers differently from FIL's engine" in caplog.text
 
 
 def test_a_batch_engine_file_that_cannot_load_leaves_fil_serving(tmp_path: Path) -> None:
