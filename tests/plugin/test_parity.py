@@ -163,6 +163,14 @@ def test_a_model_that_refuses_missing_values_is_not_sent_one():
     report = check_parity(export, X.astype(np.float32))  # its predict_proba raises on NaN
     assert report["missing_value_rows"] == 0 and report["rows"] == 200
 
+    def strict(rows: np.ndarray) -> np.ndarray:  # a user's step that fails its own way on NaN
+        if np.isnan(rows).any():
+            raise RuntimeError("no missing values here")
+        return export.native_predict(rows)
+
+    report = check_parity(dataclasses.replace(export, native_predict=strict), X.astype(np.float32))
+    assert report["missing_value_rows"] == 0
+
 
 def test_an_ensemble_is_sent_missing_values_in_its_float_columns():
     # a DataFrame pipeline: one-hot strings and passed-through floats, a forest trained with NaN in them
