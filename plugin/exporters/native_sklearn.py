@@ -86,7 +86,7 @@ class SklearnModel(NativeModel):
             options={id(final): {"zipmap": False}} if self.is_classifier else None,
             target_opset={"": ONNX_OPSET, "ai.onnx.ml": 3},
         )
-        route_missing_in_onnx(graph, steps)
+        route_missing_in_onnx(graph, self.model)
         return graph
 
 

@@ -45,11 +45,11 @@ def route_missing_in_treelite(checkpoint: Any, estimator: Any) -> None:
         checkpoint.get_tree_accessor(index).set_field("default_left", sides)
 
 
-def route_missing_in_onnx(graph: Any, estimators: list[Any]) -> None:
-    """Set `nodes_missing_value_tracks_true` of each tree ensemble node in skl2onnx's `graph` to
-    scikit-learn's sides, from the estimator among `estimators` whose trees it holds (node for
+def route_missing_in_onnx(graph: Any, model: Any) -> None:
+    """Set `nodes_missing_value_tracks_true` of each tree ensemble node in skl2onnx's `graph` of
+    `model` to scikit-learn's sides, from the estimator in `model` whose trees it holds (node for
     node, split features alike). A node matched by none keeps its sides: the parity gate judges it."""
-    forests = [trees for trees in map(fitted_trees, estimators) if trees]
+    forests = [trees for trees in map(fitted_trees, estimators_within(model)) if trees]
     for node in graph.graph.node:
         if not node.op_type.startswith("TreeEnsemble"):
             continue
@@ -64,6 +64,26 @@ def route_missing_in_onnx(graph: Any, estimators: list[Any]) -> None:
         if trees is not None:
             tracks = [int(trees[t].missing_go_to_left[n]) for t, n in zip(tree_ids, node_ids, strict=True)]
             attributes["nodes_missing_value_tracks_true"].ints[:] = tracks
+
+
+def estimators_within(model: Any) -> list[Any]:
+    """`model` and every scikit-learn estimator it holds, the fitted ones too (a Pipeline's steps,
+    a Bagging's or a Stacking's `estimators_`, a forest's trees), each once."""
+    from sklearn.base import BaseEstimator
+
+    found: dict[int, Any] = {}
+    pending = [model]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, BaseEstimator):
+            if id(item) not in found:
+                found[id(item)] = item
+                pending.extend(vars(item).values())
+        elif isinstance(item, list | tuple) or (isinstance(item, np.ndarray) and item.dtype == object):
+            pending.extend(item.ravel() if isinstance(item, np.ndarray) else item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+    return list(found.values())
 
 
 def _holds(

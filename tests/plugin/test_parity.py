@@ -11,6 +11,7 @@ import pytest
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import make_classification, make_regression
 from sklearn.ensemble import (
+    BaggingClassifier,
     ExtraTreesClassifier,
     GradientBoostingClassifier,
     RandomForestClassifier,
@@ -19,7 +20,7 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from sklearn.tree import DecisionTreeRegressor
+from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from tritonflow.plugin.exporters import export_model
 from tritonflow.plugin.exporters.tabular import export_ensemble
@@ -122,6 +123,11 @@ def _with_nan(X: np.ndarray, share: float = 0.2) -> np.ndarray:
         (ExtraTreesClassifier(12, max_depth=6, random_state=0), "treelite", True),
         (RandomForestClassifier(12, max_depth=6, random_state=0), "onnx", True),
         (DecisionTreeRegressor(max_depth=6, random_state=0), "onnx", True),
+        (
+            BaggingClassifier(DecisionTreeClassifier(max_depth=5), max_features=0.5, random_state=0),
+            "onnx",
+            True,
+        ),
         (
             make_pipeline(StandardScaler(), ExtraTreesClassifier(12, max_depth=6, random_state=0)),
             "onnx",
