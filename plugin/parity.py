@@ -118,7 +118,8 @@ def missing_value_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, str] | None:
     missing = frame.iloc[np.arange(len(values)) % len(frame)].reset_index(drop=True)
     for j, name in enumerate(floats):
         missing[name] = values[:, j].astype(frame[name].dtype)
-    return missing, f"row i missing float column i % {len(floats)} of {floats}"
+    named = f" of {floats}" if len(floats) <= 8 else " (the frame's float columns in order)"
+    return missing, f"row i missing float column i % {len(floats)}{named}"
 
 
 def _gate(

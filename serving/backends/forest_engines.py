@@ -149,7 +149,7 @@ def _agrees(engine: Engine, rows: np.ndarray, expected: np.ndarray) -> bool:
     except Exception as exc:  # noqa: BLE001 (a library's error on generated rows: not this engine)
         log.warning("%s fails on generated rows (%s): serving without it", engine.name, exc)
         return False
-    scale = max(1.0, float(np.abs(expected).max()))
+    scale = max(1.0, float(np.nanmax(np.abs(expected), initial=0.0)))
     if answer.shape == expected.shape and np.allclose(
         answer, expected, rtol=0, atol=1e-4 * scale, equal_nan=True
     ):
