@@ -62,8 +62,10 @@ def route_missing_in_onnx(graph: Any, model: Any) -> None:
         branches = np.asarray(attributes["nodes_modes"].strings) != b"LEAF"
         trees = next((t for t in forests if _holds(t, tree_ids, node_ids, features, branches)), None)
         if trees is not None:
-            tracks = [int(trees[t].missing_go_to_left[n]) for t, n in zip(tree_ids, node_ids, strict=True)]
-            attributes["nodes_missing_value_tracks_true"].ints[:] = tracks
+            sides = np.concatenate([tree.missing_go_to_left for tree in trees]).astype(np.int64)
+            attributes["nodes_missing_value_tracks_true"].ints[:] = sides[
+                _offsets(trees)[tree_ids] + node_ids
+            ].tolist()
 
 
 def estimators_within(model: Any) -> list[Any]:
@@ -89,14 +91,23 @@ def estimators_within(model: Any) -> list[Any]:
 def _holds(
     trees: list[Any], tree_ids: np.ndarray, node_ids: np.ndarray, features: np.ndarray, branches: np.ndarray
 ) -> bool:
-    """Whether a tree ensemble node's (tree, node) entries are exactly these trees' nodes."""
-    if len(tree_ids) != sum(tree.node_count for tree in trees) or tree_ids.max(initial=-1) != len(trees) - 1:
+    """Whether a tree ensemble node's (tree, node) entries are exactly these trees' nodes, each once,
+    with the same split features (one sort: a 500-tree forest is matched in milliseconds)."""
+    counts = [tree.node_count for tree in trees]
+    if len(tree_ids) != sum(counts):
         return False
-    for index, tree in enumerate(trees):
-        mine = tree_ids == index
-        if sorted(node_ids[mine]) != list(range(tree.node_count)):
-            return False
-        split = mine & branches
-        if not np.array_equal(features[split], tree.feature[node_ids[split]]):
-            return False
-    return True
+    order = np.lexsort((node_ids, tree_ids))
+    expected_trees = np.repeat(np.arange(len(trees)), counts)
+    expected_nodes = np.arange(len(tree_ids)) - np.repeat(_offsets(trees), counts)
+    if not (
+        np.array_equal(tree_ids[order], expected_trees) and np.array_equal(node_ids[order], expected_nodes)
+    ):
+        return False
+    split = branches[order]
+    expected_features = np.concatenate([tree.feature for tree in trees])
+    return np.array_equal(features[order][split], expected_features[split])
+
+
+def _offsets(trees: list[Any]) -> np.ndarray:
+    """Where each tree's nodes start when the trees' nodes are laid end to end."""
+    return np.concatenate([[0], np.cumsum([tree.node_count for tree in trees])[:-1]]).astype(np.int64)

@@ -20,7 +20,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 from tritonflow.plugin.batch_engine import with_batch_engine
 from tritonflow.plugin.exporters import config_spec, export_model
 from tritonflow.plugin.exporters.base import Export
-from tritonflow.serving.backends import BackendError, load_backend
+from tritonflow.serving.backends import BackendError, forest_engines, load_backend
 from tritonflow.serving.backends.forest_engines import ENGINE_FILES, Engine, fastest
 from tritonflow.serving.model_config import build_config
 
@@ -233,3 +233,13 @@ def test_a_batch_engine_faster_everywhere_takes_every_batch_and_one_that_disagre
     assert fastest(fil, [fast], N_FEATURES).name == "batch-engine"
     wrong = Engine("wrong", lambda x: x[:, 1:2] + 1.0)
     assert fastest(fil, [wrong], N_FEATURES) is fil
+
+
+def test_a_slow_engine_is_timed_once_a_size_past_the_budget() -> None:
+    """At 80 us a row, 1,024 and 4,096 rows take 82 and 328 ms a call: past SIZE_BUDGET_S, each
+    such size gets its warm-up and one timed round; 256 rows (20 ms a call) keep every round."""
+    calls: list[int] = []
+    forest_engines._speeds([spinning(0.0, 8e-5, calls)], forest_engines._generated(N_FEATURES))
+    per_size = {size: calls.count(size) for size in forest_engines.SIZES}
+    assert per_size[1] == per_size[256] == 1 + forest_engines.ROUNDS
+    assert per_size[1024] == per_size[4096] == 2
